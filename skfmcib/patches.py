@@ -1,0 +1,350 @@
+"""Patch extraction: the reference's 50 mm cube around a seed, sampled directly.
+
+The reference package resamples the whole CT to 1 mm, reorients it to LPS,
+truncates the seed to a voxel index and crops 50 voxels around it. Only those
+50^3 voxels matter, so this module computes exactly the grid those steps
+produce and samples the original image on it with trilinear interpolation
+(voxel centres at integer indices, 0.0 outside the image). Interior patches
+equal the reference's; at image borders the seed stays at the centre and what
+lies outside the scan is -1024 HU (0.0 after normalisation).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .io import Geometry, ImageReadError, Volume, read_image
+from .table import RowError, row_problem, validate_table
+
+__all__ = [
+    "HU_OFFSET",
+    "HU_SCALE",
+    "PATCH_SIZE",
+    "PatchGrid",
+    "RowWarning",
+    "extract_patch",
+    "iter_patches",
+    "load_patches",
+    "normalize_hu",
+    "patch_grid",
+    "reference_grid",
+]
+
+PATCH_SIZE = 50
+HU_OFFSET = 1024.0
+HU_SCALE = 3072.0
+# MONAI's test of whether a corner voxel is the smallest on every axis (np.allclose's atol).
+_CORNER_ATOL = 1e-8
+
+
+def normalize_hu(hu: np.ndarray) -> np.ndarray:
+    """Map Hounsfield units to the encoder's input scale, ``(HU + 1024) / 3072``.
+
+    No clipping, as in the reference: -1024 HU maps to 0 and 2048 HU to 1.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skfmcib.patches import normalize_hu
+    >>> normalize_hu(np.array([-1024.0, 2048.0])).tolist()
+    [0.0, 1.0]
+    """
+    return (np.asarray(hu, dtype=np.float64) + HU_OFFSET) / HU_SCALE
+
+
+@dataclass(frozen=True)
+class ReferenceGrid:
+    """The 1 mm LPS grid the reference resamples an image onto.
+
+    Attributes
+    ----------
+    first : ndarray of shape (3,)
+        LPS position of the grid's first sample (x, y, z).
+    shape : ndarray of shape (3,)
+        Number of samples along x, y and z.
+    """
+
+    first: np.ndarray
+    shape: np.ndarray
+
+
+def reference_grid(geometry: Geometry) -> ReferenceGrid:
+    """Compute the grid of the reference's 1 mm resampling and LPS reorientation.
+
+    Parameters
+    ----------
+    geometry : Geometry
+        The original image's geometry.
+
+    Returns
+    -------
+    ReferenceGrid
+        First sample (LPS mm) and number of samples per axis.
+
+    Notes
+    -----
+    The resampling runs in RAS with a diagonal 1 mm output affine. The output
+    extent is ``round(hi - lo + 1)`` of the voxel-centre corners. When one corner
+    is the smallest on all axes (images aligned with the patient axes, flipped or
+    not) the output starts at that corner; otherwise (oblique images) the output
+    is centred on the input, starting at ``R @ (size / 2) + t - n / 2`` in RAS.
+    """
+    ras = np.diag([-1.0, -1.0, 1.0])
+    corners = geometry.corner_points() @ ras  # (8, 3) voxel-centre corners in RAS
+    n = np.round(np.ptp(corners, axis=0) + 1.0)
+    first_ras = None
+    for corner in corners:
+        if np.all(np.min(corners - corner, axis=0) >= -_CORNER_ATOL):
+            first_ras = corner
+            break
+    if first_ras is None:
+        size = np.asarray(geometry.size, dtype=np.float64)
+        r_ras = ras @ geometry.index_to_physical
+        first_ras = r_ras @ (size / 2.0) + ras @ geometry.origin - n / 2.0
+    first_lps = np.array(
+        [-(first_ras[0] + n[0] - 1), -(first_ras[1] + n[1] - 1), first_ras[2]]
+    )
+    return ReferenceGrid(first=first_lps, shape=n.astype(np.int64))
+
+
+@dataclass(frozen=True)
+class PatchGrid:
+    """Where a patch samples the image.
+
+    Attributes
+    ----------
+    start : ndarray of shape (3,)
+        LPS position (x, y, z) of the patch's first sample; samples follow at 1 mm
+        along L, P and S.
+    inside : bool
+        Whether the whole cube lies inside the reference's resampled grid (no padding:
+        the patch then equals the reference's exactly).
+    """
+
+    start: np.ndarray
+    inside: bool
+
+
+def patch_grid(geometry: Geometry, seed_lps: np.ndarray) -> PatchGrid:
+    """Place the 50^3 sampling grid for a seed exactly where the reference crops.
+
+    Parameters
+    ----------
+    geometry : Geometry
+        The original image's geometry.
+    seed_lps : array-like of shape (3,)
+        Seed point in LPS millimetres.
+
+    Returns
+    -------
+    PatchGrid
+        The patch's first sample and whether it lies inside the resampled image.
+    """
+    grid = reference_grid(geometry)
+    seed = np.asarray(seed_lps, dtype=np.float64)
+    # int() truncation of the seed's index in the resampled (1 mm, LPS) image.
+    index = np.trunc(seed - grid.first)
+    lo = index - PATCH_SIZE // 2
+    inside = bool(np.all(lo >= 0) and np.all(lo + PATCH_SIZE <= grid.shape))
+    return PatchGrid(start=grid.first + lo, inside=inside)
+
+
+def _trilinear(volume: Volume, start: np.ndarray, hu_fill: float) -> np.ndarray:
+    """Sample ``volume`` on the 1 mm LPS grid starting at ``start``; (z, y, x) output."""
+    geom = volume.geometry
+    inv = np.linalg.inv(geom.index_to_physical)  # LPS offset -> (x, y, z) index
+    k = np.arange(PATCH_SIZE, dtype=np.float64)
+    base = inv @ (start - geom.origin)
+    # Continuous index of every sample: base + kx * inv[:, 0] + ky * inv[:, 1] + kz * inv[:, 2],
+    # laid out (kz, ky, kx) to give SimpleITK array order.
+    idx = (
+        base[None, None, None, :]
+        + k[None, None, :, None] * inv[:, 0]
+        + k[None, :, None, None] * inv[:, 1]
+        + k[:, None, None, None] * inv[:, 2]
+    )
+    floor = np.floor(idx)
+    frac = idx - floor
+    floor = floor.astype(np.int64)
+    size = np.asarray(geom.size)
+    # Only the block of voxels the samples touch is read; one voxel of fill around it
+    # makes every out-of-image neighbour read the fill value.
+    lo = np.clip(floor.reshape(-1, 3).min(0), 0, size - 1)
+    hi = np.clip(floor.reshape(-1, 3).max(0) + 2, 1, size)
+    block = np.full(tuple((hi - lo + 2)[::-1]), hu_fill, dtype=np.float64)
+    block[1:-1, 1:-1, 1:-1] = volume.array[lo[2] : hi[2], lo[1] : hi[1], lo[0] : hi[0]]
+    local = np.clip(floor - lo + 1, 0, (hi - lo + 1))  # (..., 3) in x, y, z
+    shape = block.shape  # (z, y, x)
+    flat = block.ravel()
+    out = np.zeros(idx.shape[:3], dtype=np.float64)
+    for dx in (0, 1):
+        wx = frac[..., 0] if dx else 1.0 - frac[..., 0]
+        ix = np.clip(local[..., 0] + dx, 0, shape[2] - 1)
+        for dy in (0, 1):
+            wy = frac[..., 1] if dy else 1.0 - frac[..., 1]
+            iy = np.clip(local[..., 1] + dy, 0, shape[1] - 1)
+            for dz in (0, 1):
+                wz = frac[..., 2] if dz else 1.0 - frac[..., 2]
+                iz = np.clip(local[..., 2] + dz, 0, shape[0] - 1)
+                out += wx * wy * wz * flat[(iz * shape[1] + iy) * shape[2] + ix]
+    return out
+
+
+def extract_patch(volume: Volume, seed_lps: np.ndarray) -> np.ndarray:
+    """Extract the reference's normalised 50^3 patch around a seed.
+
+    Parameters
+    ----------
+    volume : Volume
+        The CT, in Hounsfield units.
+    seed_lps : array-like of shape (3,)
+        Seed point in LPS millimetres.
+
+    Returns
+    -------
+    ndarray of shape (50, 50, 50), float32
+        ``(HU + 1024) / 3072`` sampled at 1 mm around the seed, in SimpleITK array
+        order ``(z, y, x)``; 0.0 (= -1024 HU) outside the scan.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skfmcib.io import Geometry, Volume
+    >>> from skfmcib.patches import extract_patch
+    >>> geom = Geometry((80, 80, 80), np.zeros(3), np.ones(3), np.eye(3))
+    >>> vol = Volume(np.full((80, 80, 80), 2048, dtype=np.int16), geom)
+    >>> patch = extract_patch(vol, [40.0, 40.0, 40.0])
+    >>> patch.shape, float(patch[25, 25, 25])
+    ((50, 50, 50), 1.0)
+    """
+    grid = patch_grid(volume.geometry, seed_lps)
+    hu = _trilinear(volume, grid.start, hu_fill=-HU_OFFSET)
+    return normalize_hu(hu).astype(np.float32)
+
+
+def iter_patches(
+    table: pd.DataFrame, coordinate_system: str = "LPS"
+) -> Iterator[tuple[int, np.ndarray | RowError]]:
+    """Yield ``(position, patch or RowError)`` for every row of a lesion table.
+
+    Rows are grouped by image so that each image is read once, whatever the rows'
+    order; positions say where each result belongs. A row that cannot be processed
+    yields a :class:`~skfmcib.table.RowError` naming the row, the file and the problem
+    instead of a patch.
+
+    Parameters
+    ----------
+    table : DataFrame
+        Lesion table (see :func:`skfmcib.table.validate_table`).
+    coordinate_system : {"LPS", "RAS"}, default="LPS"
+        Convention of the table's coordinates.
+
+    Yields
+    ------
+    position : int
+        0-based position of the row in ``table``.
+    patch : ndarray of shape (50, 50, 50) or RowError
+        The normalised patch, or what went wrong.
+    """
+    seeds = validate_table(table, coordinate_system)
+    labels = seeds.index
+    keys = list(zip(seeds["image_path"], seeds["series_uid"], strict=True))
+    groups: dict[tuple, list[int]] = {}
+    for pos, key in enumerate(keys):
+        groups.setdefault(key, []).append(pos)
+    for (path, series_uid), positions in groups.items():
+        pending = []
+        for pos in positions:
+            problem = row_problem(seeds.iloc[pos])
+            if problem:
+                yield pos, RowError(labels[pos], path, problem)
+            else:
+                pending.append(pos)
+        if not pending:
+            continue
+        try:
+            volume = read_image(path, series_uid)
+        except ImageReadError as exc:
+            for pos in pending:
+                yield pos, RowError(labels[pos], path, str(exc).removeprefix(f"{path}: "))
+            continue
+        for pos in pending:
+            seed = seeds.iloc[pos][["x", "y", "z"]].to_numpy(dtype=np.float64)
+            problem = _seed_problem(volume.geometry, seed)
+            if problem:
+                yield pos, RowError(labels[pos], path, problem)
+            else:
+                yield pos, extract_patch(volume, seed)
+
+
+def _seed_problem(geometry: Geometry, seed: np.ndarray) -> str:
+    if geometry.contains(seed):
+        return ""
+    corners = geometry.corner_points()
+    extent = " x ".join(
+        f"[{lo:.1f}, {hi:.1f}]" for lo, hi in zip(corners.min(0), corners.max(0), strict=True)
+    )
+    return (
+        f"seed ({seed[0]:.2f}, {seed[1]:.2f}, {seed[2]:.2f}) LPS mm lies outside the scan, "
+        f"which spans {extent} mm; if the coordinates are RAS (3D Slicer, nibabel), "
+        "use coordinate_system='RAS'"
+    )
+
+
+def load_patches(
+    X: pd.DataFrame, *, coordinate_system: str = "LPS", on_error: str = "raise"
+) -> np.ndarray:
+    """Read the reference's preprocessed patches for a table of lesions.
+
+    Each image is read once, and only the 50^3 samples around each seed are
+    computed: the whole volume is never resampled.
+
+    Parameters
+    ----------
+    X : DataFrame
+        One row per lesion: ``image_path`` (a file SimpleITK reads or a DICOM series
+        directory), ``coordX``, ``coordY``, ``coordZ`` (mm); other columns ignored.
+    coordinate_system : {"LPS", "RAS"}, default="LPS"
+        Convention of the coordinates.
+    on_error : {"raise", "nan"}, default="raise"
+        What a bad row does: raise a :class:`~skfmcib.table.RowError`, or become a
+        patch of NaN with a warning naming the row and file.
+
+    Returns
+    -------
+    ndarray of shape (n_lesions, 1, 50, 50, 50), float32
+        Normalised intensities ``(HU + 1024) / 3072`` in SimpleITK array order.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd, SimpleITK as sitk, tempfile, os
+    >>> from skfmcib import load_patches
+    >>> img = sitk.GetImageFromArray(np.full((60, 60, 60), 40, dtype=np.int16))
+    >>> path = os.path.join(tempfile.mkdtemp(), "ct.nii.gz")
+    >>> sitk.WriteImage(img, path)
+    >>> table = pd.DataFrame({"image_path": [path, path], "coordX": [30.0, 20.0],
+    ...                       "coordY": [30.0, 25.0], "coordZ": [30.0, 35.0]})
+    >>> load_patches(table).shape
+    (2, 1, 50, 50, 50)
+    """
+    if on_error not in ("raise", "nan"):
+        raise ValueError(f"on_error must be 'raise' or 'nan', got {on_error!r}")
+    out = np.empty((len(X), 1, PATCH_SIZE, PATCH_SIZE, PATCH_SIZE), dtype=np.float32)
+    for pos, patch in iter_patches(X, coordinate_system):
+        if isinstance(patch, RowError):
+            if on_error == "raise":
+                raise patch
+            warnings.warn(f"{patch}; its patch is NaN", RowWarning, stacklevel=2)
+            out[pos] = np.nan
+        else:
+            out[pos, 0] = patch
+    return out
+
+
+class RowWarning(UserWarning):
+    """A lesion row was skipped (``on_error="nan"``); the message names row and file."""

@@ -1,0 +1,123 @@
+"""Lesion tables: one row per lesion, an image path and a seed point.
+
+The reference's convention: columns ``image_path``, ``coordX``, ``coordY`` and
+``coordZ``, the seed in physical millimetres, LPS. Other columns are kept but
+ignored; an optional ``series_uid`` column picks a series in a DICOM directory
+holding several.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["COORD_COLUMNS", "REQUIRED_COLUMNS", "RowError", "row_problem", "validate_table"]
+
+COORD_COLUMNS = ("coordX", "coordY", "coordZ")
+REQUIRED_COLUMNS = ("image_path", *COORD_COLUMNS)
+_COORDINATE_SYSTEMS = ("LPS", "RAS")
+
+
+class RowError(ValueError):
+    """A lesion row that cannot be processed; names the row, the file and the problem.
+
+    Attributes
+    ----------
+    row : hashable
+        The row's index label in the table.
+    path : str
+        The row's image path.
+    reason : str
+        What is wrong.
+    """
+
+    def __init__(self, row: Hashable, path: str, reason: str) -> None:
+        self.row, self.path, self.reason = row, path, reason
+        super().__init__(f"row {row!r} ({path}): {reason}")
+
+    def __reduce__(self):
+        return (type(self), (self.row, self.path, self.reason))
+
+
+def validate_table(table: pd.DataFrame, coordinate_system: str = "LPS") -> pd.DataFrame:
+    """Check a lesion table and return its seeds in LPS.
+
+    Parameters
+    ----------
+    table : DataFrame
+        One row per lesion with ``image_path``, ``coordX``, ``coordY``, ``coordZ``.
+    coordinate_system : {"LPS", "RAS"}, default="LPS"
+        Convention of the coordinates. RAS coordinates (3D Slicer, nibabel) have x
+        and y negated relative to LPS.
+
+    Returns
+    -------
+    DataFrame
+        Columns ``image_path`` (str), ``series_uid`` (str or None) and ``x``, ``y``,
+        ``z`` (float, LPS mm), with the input's index. Rows with a missing or
+        non-numeric coordinate keep NaN there; :func:`row_problem` reports them.
+
+    Raises
+    ------
+    ValueError
+        When a required column is missing, the table is empty, or the coordinate
+        system is unknown.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from skfmcib.table import validate_table
+    >>> t = pd.DataFrame({"image_path": ["ct.nii.gz"], "coordX": [10.0],
+    ...                   "coordY": [-20.0], "coordZ": [5.0]})
+    >>> validate_table(t, "RAS")[["x", "y", "z"]].values.tolist()
+    [[-10.0, 20.0, 5.0]]
+    """
+    if coordinate_system not in _COORDINATE_SYSTEMS:
+        raise ValueError(
+            f"coordinate_system must be one of {_COORDINATE_SYSTEMS}, got {coordinate_system!r}"
+        )
+    if not isinstance(table, pd.DataFrame):
+        raise TypeError(f"expected a pandas DataFrame, got {type(table).__name__}")
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(
+            f"lesion table lacks column(s) {missing}; it needs {list(REQUIRED_COLUMNS)} "
+            f"(has {list(map(str, table.columns))})"
+        )
+    if len(table) == 0:
+        raise ValueError("lesion table is empty")
+    out = pd.DataFrame(index=table.index)
+    out["image_path"] = [_path_str(p) for p in table["image_path"]]
+    if "series_uid" in table.columns:
+        out["series_uid"] = [
+            None if (u is None or (isinstance(u, float) and np.isnan(u))) else str(u)
+            for u in table["series_uid"]
+        ]
+    else:
+        out["series_uid"] = None
+    sign = (-1.0, -1.0, 1.0) if coordinate_system == "RAS" else (1.0, 1.0, 1.0)
+    for col, axis, s in zip(COORD_COLUMNS, "xyz", sign, strict=True):
+        out[axis] = pd.to_numeric(table[col], errors="coerce").astype(np.float64) * s
+    return out
+
+
+def _path_str(p) -> str:
+    if p is None or (isinstance(p, float) and np.isnan(p)):
+        return ""
+    return str(p)
+
+
+def row_problem(rec: pd.Series) -> str:
+    """Describe what is wrong with a row of :func:`validate_table`'s output, or ''.
+
+    Only what can be told without reading the image: an empty path or a missing,
+    non-numeric or infinite coordinate.
+    """
+    if not rec["image_path"]:
+        return "image_path is empty"
+    bad = [c for c, a in zip(COORD_COLUMNS, "xyz", strict=True) if not np.isfinite(rec[a])]
+    if bad:
+        return f"coordinate {', '.join(bad)} is missing or not a finite number"
+    return ""
