@@ -26,6 +26,8 @@ __all__ = [
     "HU_SCALE",
     "PATCH_SIZE",
     "PatchGrid",
+    "as_patches",
+    "check_patch_array",
     "RowWarning",
     "extract_patch",
     "iter_patches",
@@ -106,9 +108,7 @@ def reference_grid(geometry: Geometry) -> ReferenceGrid:
         size = np.asarray(geometry.size, dtype=np.float64)
         r_ras = ras @ geometry.index_to_physical
         first_ras = r_ras @ (size / 2.0) + ras @ geometry.origin - n / 2.0
-    first_lps = np.array(
-        [-(first_ras[0] + n[0] - 1), -(first_ras[1] + n[1] - 1), first_ras[2]]
-    )
+    first_lps = np.array([-(first_ras[0] + n[0] - 1), -(first_ras[1] + n[1] - 1), first_ras[2]])
     return ReferenceGrid(first=first_lps, shape=n.astype(np.int64))
 
 
@@ -348,3 +348,67 @@ def load_patches(
 
 class RowWarning(UserWarning):
     """A lesion row was skipped (``on_error="nan"``); the message names row and file."""
+
+
+def check_patch_array(X) -> np.ndarray:
+    """Validate pre-cropped patches and return them as ``(n, 1, 50, 50, 50)`` float32.
+
+    Parameters
+    ----------
+    X : array-like
+        Patches of shape ``(n, 50, 50, 50)``, ``(n, 1, 50, 50, 50)`` or flattened
+        ``(n, 125000)``, already normalised like :func:`load_patches` output.
+
+    Returns
+    -------
+    ndarray of shape (n, 1, 50, 50, 50), float32
+
+    Raises
+    ------
+    ValueError
+        For any other shape, naming the shape found and the shapes accepted.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skfmcib.patches import check_patch_array
+    >>> check_patch_array(np.zeros((3, 50, 50, 50))).shape
+    (3, 1, 50, 50, 50)
+    """
+    arr = np.asarray(X)
+    if arr.dtype == object or not np.issubdtype(arr.dtype, np.number):
+        raise ValueError(f"patches must be numeric, got dtype {arr.dtype}")
+    n = PATCH_SIZE
+    if arr.ndim == 2 and arr.shape[1] == n**3:
+        arr = arr.reshape(-1, 1, n, n, n)
+    elif arr.ndim == 4 and arr.shape[1:] == (n, n, n):
+        arr = arr[:, None]
+    elif not (arr.ndim == 5 and arr.shape[1:] == (1, n, n, n)):
+        raise ValueError(
+            f"expected a lesion table (DataFrame with image_path, coordX, coordY, coordZ) or "
+            f"patches of shape (n, {n}, {n}, {n}), (n, 1, {n}, {n}, {n}) or (n, {n**3}); "
+            f"got an array of shape {arr.shape}"
+        )
+    if arr.shape[0] == 0:
+        raise ValueError("got 0 patches; need at least one")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def as_patches(X, *, coordinate_system: str = "LPS", on_error: str = "raise") -> np.ndarray:
+    """Turn estimator input (a lesion table or patch array) into patches.
+
+    Parameters
+    ----------
+    X : DataFrame or array-like
+        A lesion table (see :func:`load_patches`) or pre-cropped patches (see
+        :func:`check_patch_array`).
+    coordinate_system, on_error : str
+        As in :func:`load_patches`; used for tables only.
+
+    Returns
+    -------
+    ndarray of shape (n, 1, 50, 50, 50), float32
+    """
+    if isinstance(X, pd.DataFrame):
+        return load_patches(X, coordinate_system=coordinate_system, on_error=on_error)
+    return check_patch_array(X)
