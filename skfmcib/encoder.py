@@ -146,9 +146,7 @@ class ResNet3D(nn.Module):
         block, layers = ARCHITECTURES[config.arch]
         widths = [int(w * config.widen_factor) for w in (64, 128, 256, 512)]
         self._in_planes = widths[0]
-        self.conv1 = nn.Conv3d(
-            1, widths[0], 7, stride=config.conv1_stride, padding=3, bias=False
-        )
+        self.conv1 = nn.Conv3d(1, widths[0], 7, stride=config.conv1_stride, padding=3, bias=False)
         self.bn1 = nn.BatchNorm3d(widths[0])
         self.act = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool3d(kernel_size=3, stride=2, padding=1)

@@ -57,9 +57,7 @@ class Geometry:
     def corner_points(self) -> np.ndarray:
         """LPS positions of the centres of the 8 corner voxels, shape ``(8, 3)``."""
         hi = np.asarray(self.size, dtype=np.float64) - 1
-        corners = np.array(
-            [[i, j, k] for i in (0, hi[0]) for j in (0, hi[1]) for k in (0, hi[2])]
-        )
+        corners = np.array([[i, j, k] for i in (0, hi[0]) for j in (0, hi[1]) for k in (0, hi[2])])
         return self.origin + corners @ self.index_to_physical.T
 
     def contains(self, point: np.ndarray) -> bool:

@@ -154,8 +154,12 @@ def patch_grid(geometry: Geometry, seed_lps: np.ndarray) -> PatchGrid:
     return PatchGrid(start=grid.first + lo, inside=inside)
 
 
-def _trilinear(volume: Volume, start: np.ndarray, hu_fill: float) -> np.ndarray:
-    """Sample ``volume`` on the 1 mm LPS grid starting at ``start``; (z, y, x) output."""
+def _sample_normalized(volume: Volume, start: np.ndarray) -> np.ndarray:
+    """Sample ``volume`` normalised, on the 1 mm LPS grid from ``start``; (z, y, x) output.
+
+    As in the reference, intensities are normalised first and the image is surrounded
+    by 0.0 (-1024 HU), then interpolated trilinearly.
+    """
     geom = volume.geometry
     inv = np.linalg.inv(geom.index_to_physical)  # LPS offset -> (x, y, z) index
     k = np.arange(PATCH_SIZE, dtype=np.float64)
@@ -176,9 +180,12 @@ def _trilinear(volume: Volume, start: np.ndarray, hu_fill: float) -> np.ndarray:
     # makes every out-of-image neighbour read the fill value.
     lo = np.clip(floor.reshape(-1, 3).min(0), 0, size - 1)
     hi = np.clip(floor.reshape(-1, 3).max(0) + 2, 1, size)
-    block = np.full(tuple((hi - lo + 2)[::-1]), hu_fill, dtype=np.float64)
-    block[1:-1, 1:-1, 1:-1] = volume.array[lo[2] : hi[2], lo[1] : hi[1], lo[0] : hi[0]]
-    local = np.clip(floor - lo + 1, 0, (hi - lo + 1))  # (..., 3) in x, y, z
+    block = np.zeros(tuple((hi - lo + 2)[::-1]), dtype=np.float64)
+    block[1:-1, 1:-1, 1:-1] = normalize_hu(
+        volume.array[lo[2] : hi[2], lo[1] : hi[1], lo[0] : hi[0]]
+    )
+    # Neighbour indices in the block; everything beyond the image lands on the fill.
+    local = floor - lo + 1  # (..., 3) in x, y, z
     shape = block.shape  # (z, y, x)
     flat = block.ravel()
     out = np.zeros(idx.shape[:3], dtype=np.float64)
@@ -223,8 +230,7 @@ def extract_patch(volume: Volume, seed_lps: np.ndarray) -> np.ndarray:
     ((50, 50, 50), 1.0)
     """
     grid = patch_grid(volume.geometry, seed_lps)
-    hu = _trilinear(volume, grid.start, hu_fill=-HU_OFFSET)
-    return normalize_hu(hu).astype(np.float32)
+    return _sample_normalized(volume, grid.start).astype(np.float32)
 
 
 def iter_patches(

@@ -35,7 +35,7 @@ class RowError(ValueError):
 
     def __init__(self, row: Hashable, path: str, reason: str) -> None:
         self.row, self.path, self.reason = row, path, reason
-        super().__init__(f"row {row!r} ({path}): {reason}")
+        super().__init__(f"row {row} ({path}): {reason}")
 
     def __reduce__(self):
         return (type(self), (self.row, self.path, self.reason))

@@ -1,0 +1,98 @@
+"""Shared test fixtures: the real-CT data beside the checkout, generated images."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path | None:
+    """The shared real-CT data: $SKFMCIB_SHARED_DATA, else ../shared/data beside the repo."""
+    env = os.environ.get("SKFMCIB_SHARED_DATA")
+    candidates = [Path(env)] if env else []
+    candidates.append(REPO.parent / "shared" / "data")
+    for c in candidates:
+        if (c / "ct").is_dir() and (c / "fixtures").is_dir():
+            return c
+    return None
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Path of the shared data folder; skips the test when it is absent."""
+    d = shared_data_dir()
+    if d is None:
+        pytest.skip(
+            "real-CT data not found: set SKFMCIB_SHARED_DATA or place it at ../shared/data"
+        )
+    return d
+
+
+def write_image(
+    path: Path,
+    array: np.ndarray,
+    spacing=(1.0, 1.0, 1.0),
+    origin=(0.0, 0.0, 0.0),
+    direction=None,
+) -> Path:
+    """Write a (z, y, x) array as an image with the given LPS geometry."""
+    img = sitk.GetImageFromArray(array)
+    img.SetSpacing(tuple(float(s) for s in spacing))
+    img.SetOrigin(tuple(float(o) for o in origin))
+    if direction is not None:
+        img.SetDirection(tuple(float(d) for d in np.asarray(direction).ravel()))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(img, str(path))
+    return path
+
+
+@pytest.fixture
+def ramp_ct(tmp_path) -> Path:
+    """A 3D CT whose HU vary linearly with position, so any interpolation is exact."""
+    z, y, x = np.meshgrid(np.arange(70), np.arange(64), np.arange(60), indexing="ij")
+    hu = (-1000 + 3 * x + 5 * y + 7 * z).astype(np.int16)
+    return write_image(tmp_path / "ramp.nii.gz", hu, spacing=(0.8, 0.9, 1.5), origin=(-20, 10, 5))
+
+
+def write_dicom_series(
+    directory: Path,
+    array: np.ndarray,
+    spacing=(0.8, 0.8, 2.0),
+    origin=(-100.0, -120.0, 40.0),
+    series_uid: str = "1.2.826.0.1.3680043.8.498.1",
+    prefix: str = "slice",
+) -> Path:
+    """Write a (z, y, x) int16 array as an axial CT DICOM series, one file per slice."""
+    directory.mkdir(parents=True, exist_ok=True)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    study = "1.2.826.0.1.3680043.8.498.2"
+    for k in range(array.shape[0]):
+        sl = sitk.GetImageFromArray(array[k : k + 1].astype(np.int16))
+        sl.SetSpacing(tuple(float(s) for s in spacing))
+        pos = (origin[0], origin[1], origin[2] + k * spacing[2])
+        tags = {
+            "0008|0060": "CT",
+            "0008|0016": "1.2.840.10008.5.1.4.1.1.2",
+            "0008|0018": f"{series_uid}.{k + 1}",
+            "0020|000d": study,
+            "0020|000e": series_uid,
+            "0020|0013": str(k + 1),
+            "0020|0032": "\\".join(f"{p:.4f}" for p in pos),
+            "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0028|0030": f"{spacing[1]:.4f}\\{spacing[0]:.4f}",
+            "0018|0050": f"{spacing[2]:.4f}",
+            "0028|1052": "0",
+            "0028|1053": "1",
+        }
+        for tag, value in tags.items():
+            sl.SetMetaData(tag, value)
+        writer.SetFileName(str(directory / f"{prefix}{k:03d}.dcm"))
+        writer.Execute(sl)
+    return directory
