@@ -381,9 +381,13 @@ def check_patch_array(X) -> np.ndarray:
     >>> check_patch_array(np.zeros((3, 50, 50, 50))).shape
     (3, 1, 50, 50, 50)
     """
+    if hasattr(X, "toarray") or hasattr(X, "todense"):
+        raise TypeError("sparse input is not supported: patches are dense 50^3 volumes")
     arr = np.asarray(X)
     if arr.dtype == object or not np.issubdtype(arr.dtype, np.number):
         raise ValueError(f"patches must be numeric, got dtype {arr.dtype}")
+    if np.iscomplexobj(arr):
+        raise ValueError("patches must be real numbers, got complex data")
     n = PATCH_SIZE
     if arr.ndim == 2 and arr.shape[1] == n**3:
         arr = arr.reshape(-1, 1, n, n, n)

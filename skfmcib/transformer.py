@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import check_array, check_is_fitted
 
 from . import runtime
 from ._progress import Progress
 from .encoder import EncoderConfig
 from .patches import RowWarning, check_patch_array, iter_patches
-from .table import RowError
+from .table import RowError, validate_table
 from .weights import load_encoder
 
 __all__ = ["FMCIBTransformer"]
@@ -143,12 +143,13 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
             raise ValueError(f"progress must be True, False or 'auto', got {self.progress!r}")
 
     def fit(self, X=None, y=None):
-        """Load the encoder; the data are not used (the encoder is pretrained).
+        """Load the encoder; the data are only checked (the encoder is pretrained).
 
         Parameters
         ----------
-        X : ignored
-            Accepted for API compatibility.
+        X : DataFrame, array-like or None
+            Input as for :meth:`transform`; checked for its form (columns, shape),
+            not read. None skips the check.
         y : ignored
             Accepted for API compatibility.
 
@@ -157,6 +158,12 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
         self : FMCIBTransformer
         """
         self._check_params()
+        if isinstance(X, pd.DataFrame):
+            validate_table(X, self.coordinate_system)
+        elif X is not None:
+            # Generic checks only (finite, real, non-empty, not sparse); no copy. The
+            # patch shape is checked where patches are used, in transform.
+            check_array(X, allow_nd=True, dtype=None, copy=False)
         self.device_ = runtime.resolve_device(self.device)
         seed = None
         if self.weights is None:
@@ -281,9 +288,8 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.dataframe = True
         tags.requires_fit = True
-        tags.non_deterministic = False
+        tags.transformer_tags.preserves_dtype = ["float32"]
         return tags
 
 

@@ -1,0 +1,272 @@
+"""FMCIBTransformer: reference features, scikit-learn rules, pickling and bad input."""
+
+from __future__ import annotations
+
+import gc
+import pickle
+import runpy
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import write_image
+from sklearn.base import clone
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from skfmcib import FMCIBTransformer, load_patches
+from skfmcib.patches import RowWarning
+from skfmcib.table import RowError
+from skfmcib.weights import CheckpointError, save_checkpoint
+
+TINY = {"arch": "resnet10", "widen_factor": 0.25}
+
+
+def tiny(**kwargs) -> FMCIBTransformer:
+    params = dict(weights=None, arch=TINY, random_state=0, device="cpu")
+    params.update(kwargs)
+    return FMCIBTransformer(**params)
+
+
+@pytest.fixture
+def lesion_table(tmp_path):
+    rng = np.random.default_rng(1)
+    rows = []
+    for k in range(3):
+        hu = rng.normal(-300, 300, size=(48, 80, 80)).astype(np.int16)
+        path = write_image(tmp_path / f"ct{k}.nii.gz", hu, spacing=(1.0, 1.0, 2.0))
+        for _ in range(2):
+            seed = rng.uniform([30, 30, 40], [50, 50, 56])
+            rows.append((str(path), *seed))
+    return pd.DataFrame(rows, columns=["image_path", "coordX", "coordY", "coordZ"])
+
+
+# --- parity with the reference package -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def reference_checkpoint(tmp_path_factory):
+    from conftest import shared_data_dir
+
+    data = shared_data_dir()
+    if data is None:
+        pytest.skip("real-CT data not found: set SKFMCIB_SHARED_DATA or place ../shared/data")
+    make = runpy.run_path(str(data / "fixtures" / "make_weights.py"))["make"]
+    path = tmp_path_factory.mktemp("weights") / "fmcib_seed2024.torch"
+    with warnings.catch_warnings():
+        # The script leaves its spec file for the garbage collector to close.
+        warnings.simplefilter("ignore", ResourceWarning)
+        make(str(path), seed=2024)
+        gc.collect()
+    return path
+
+
+@pytest.mark.slow
+def test_features_match_reference(shared_data, reference_checkpoint):
+    ref = np.load(shared_data / "fixtures" / "reference_outputs.npz")
+    table = pd.read_csv(shared_data / "ct" / "seeds.csv")
+    table["image_path"] = [str(shared_data / "ct" / p) for p in table["image_path"]]
+    fmcib = FMCIBTransformer(weights=reference_checkpoint, device="cpu")
+    # The reference's own patches through our encoder: the network is the same.
+    from_patches = fmcib.fit(None).transform(ref["patches"])
+    rel = np.abs(from_patches - ref["features"]).max() / np.abs(ref["features"]).max()
+    assert rel < 1e-4, rel
+    # End to end from the CT for interior lesions (border rows are centred by design).
+    interior = (table["case"] == "interior").to_numpy()
+    feats = fmcib.transform(table[interior])
+    assert feats.shape == (interior.sum(), 4096) and feats.dtype == np.float32
+    rel = np.abs(feats - ref["features"][interior]).max() / np.abs(ref["features"]).max()
+    assert rel < 1e-3, rel
+
+
+# --- basic behaviour on generated data --------------------------------------------------
+
+
+def test_table_and_patch_inputs_give_the_same_features(lesion_table):
+    fmcib = tiny().fit(lesion_table)
+    from_table = fmcib.transform(lesion_table)
+    patches = load_patches(lesion_table)
+    assert from_table.shape == (6, 128) and from_table.dtype == np.float32
+    np.testing.assert_allclose(from_table, fmcib.transform(patches), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        from_table, fmcib.transform(patches[:, 0].reshape(6, -1)), rtol=1e-5, atol=1e-6
+    )
+    # Batching does not change the numbers.
+    np.testing.assert_allclose(
+        from_table, tiny(batch_size=1).fit().transform(lesion_table), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_random_weights_are_reproducible_and_seeded(lesion_table):
+    a = tiny(random_state=3).fit().transform(lesion_table)
+    b = tiny(random_state=3).fit().transform(lesion_table)
+    c = tiny(random_state=4).fit().transform(lesion_table)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_feature_names_and_pandas_output(lesion_table):
+    fmcib = tiny().fit()
+    names = fmcib.get_feature_names_out()
+    assert names[0] == "fmcib_0" and names[-1] == "fmcib_127" and len(names) == 128
+    lesion_table.index = [f"lesion{i}" for i in range(len(lesion_table))]
+    out = fmcib.set_output(transform="pandas").transform(lesion_table)
+    assert isinstance(out, pd.DataFrame)
+    assert list(out.columns) == list(names)
+    assert list(out.index) == list(lesion_table.index)
+
+
+def test_pipeline_with_logistic_regression_cross_validates(lesion_table):
+    table = pd.concat([lesion_table] * 2, ignore_index=True)
+    y = np.tile([0, 1], len(table) // 2)
+    pipe = make_pipeline(tiny(), StandardScaler(), LogisticRegression(max_iter=200))
+    scores = cross_val_score(pipe, table, y, cv=2)
+    assert scores.shape == (2,) and np.all((scores >= 0) & (scores <= 1))
+
+
+def test_clone_keeps_parameters_and_drops_state(lesion_table):
+    fmcib = tiny(batch_size=3, precision="bf16").fit()
+    twin = clone(fmcib)
+    assert twin.get_params() == fmcib.get_params()
+    assert not hasattr(twin, "weights_info_")
+
+
+# --- pickling -----------------------------------------------------------------------------
+
+
+def test_pickle_stores_where_weights_came_from_not_the_weights(tmp_path, lesion_table):
+    net = tiny().fit().encoder_
+    ckpt = tmp_path / "enc.torch"
+    save_checkpoint(net, ckpt)
+    fmcib = FMCIBTransformer(weights=ckpt, device="cpu").fit()
+    expected = fmcib.transform(lesion_table)
+    blob = pickle.dumps(fmcib)
+    assert len(blob) < 20_000, len(blob)  # the checkpoint itself is ~1 MB
+    restored = pickle.loads(blob)
+    np.testing.assert_array_equal(restored.transform(lesion_table), expected)
+    # A changed file is noticed, never silently used.
+    stale = pickle.loads(blob)
+    save_checkpoint(tiny(random_state=9).fit().encoder_, ckpt)
+    with pytest.raises(RuntimeError, match="changed since this transformer was fitted"):
+        stale.transform(lesion_table)
+
+
+def test_pickle_of_random_weights_reinitialises_identically(lesion_table):
+    fmcib = tiny(random_state=None).fit()
+    expected = fmcib.transform(lesion_table)
+    blob = pickle.dumps(fmcib)
+    assert len(blob) < 20_000
+    np.testing.assert_array_equal(pickle.loads(blob).transform(lesion_table), expected)
+
+
+# --- bad input and parameters ---------------------------------------------------------------
+
+
+def test_bad_row_raises_or_becomes_nan(lesion_table, tmp_path):
+    table = lesion_table.copy()
+    table.loc[2, "image_path"] = str(tmp_path / "absent.nii.gz")
+    table.loc[4, "coordX"] = 1e5
+    with pytest.raises(RowError, match=r"row 2 \(.*absent.nii.gz\): no such file"):
+        tiny().fit().transform(table)
+    with pytest.warns(RowWarning) as record:
+        out = tiny(on_error="nan").fit().transform(table)
+    messages = " ".join(str(w.message) for w in record)
+    assert "row 2" in messages and "row 4" in messages and "outside the scan" in messages
+    bad = np.isnan(out).all(axis=1)
+    assert bad.tolist() == [False, False, True, False, True, False]
+    good = tiny().fit().transform(lesion_table)
+    np.testing.assert_allclose(out[~bad], good[~bad], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"precision": "int8"}, "precision"),
+        ({"coordinate_system": "RAI"}, "coordinate_system"),
+        ({"on_error": "ignore"}, "on_error"),
+        ({"device": "cuda:7"}, "cuda"),
+        ({"device": "tpu-ish"}, "device"),
+        ({"arch": 5}, "arch"),
+    ],
+)
+def test_invalid_parameters_fail_in_fit(params, match):
+    if params.get("device") == "cuda:7" and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has 8 GPUs")
+    with pytest.raises(ValueError, match=match):
+        tiny(**params).fit()
+
+
+def test_wrong_checkpoint_is_a_clear_error(tmp_path):
+    ckpt = tmp_path / "other.torch"
+    save_checkpoint(tiny(arch={"arch": "resnet18", "widen_factor": 0.25}).fit().encoder_, ckpt)
+    with pytest.raises(CheckpointError, match="other.torch"):
+        FMCIBTransformer(weights=ckpt, arch=TINY).fit()
+    corrupt = tmp_path / "corrupt.torch"
+    corrupt.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="corrupt.torch"):
+        FMCIBTransformer(weights=corrupt).fit()
+
+
+def test_transform_before_fit_is_an_error(lesion_table):
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        tiny().transform(lesion_table)
+
+
+def test_precision_bf16_stays_close_to_fp32(lesion_table):
+    fp32 = tiny().fit().transform(lesion_table)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # autocast notes on some CPUs
+        bf16 = tiny(precision="bf16").fit().transform(lesion_table)
+    cos = np.sum(fp32 * bf16, 1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(bf16, axis=1)
+    assert cos.min() >= 0.999, cos
+
+
+# --- scikit-learn's own estimator checks ---------------------------------------------------
+
+_NEEDS_PATCHES = (
+    "transform encodes 50^3 CT patches or lesion tables; the check's small generic arrays "
+    "are rejected with a ValueError naming the accepted shapes"
+)
+_NO_N_FEATURES = (
+    "the input is a lesion table or a stack of patch volumes, not a feature matrix, so "
+    "n_features_in_ is not defined"
+)
+EXPECTED_FAILED_CHECKS = {
+    **{
+        name: _NEEDS_PATCHES
+        for name in [
+            "check_fit_score_takes_y",
+            "check_estimators_dtypes",
+            "check_dtype_object",
+            "check_pipeline_consistency",
+            "check_estimators_nan_inf",
+            "check_estimators_pickle",
+            "check_f_contiguous_array_estimator",
+            "check_transformer_data_not_an_array",
+            "check_transformer_general",
+            "check_transformer_preserve_dtypes",
+            "check_methods_sample_order_invariance",
+            "check_methods_subset_invariance",
+            "check_dict_unchanged",
+            "check_fit_idempotent",
+            "check_fit2d_predict1d",
+        ]
+    },
+    "check_n_features_in": _NO_N_FEATURES,
+    "check_n_features_in_after_fitting": _NO_N_FEATURES,
+}
+
+
+@parametrize_with_checks([tiny()], expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS)
+def test_sklearn_estimator_checks(estimator, check):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        check(estimator)
