@@ -1,0 +1,60 @@
+"""The ``skfmcib`` command line: ``skfmcib <command> ...``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+
+# Subcommand modules, in the order ``skfmcib --help`` lists them. A module that cannot
+# be imported (an optional dependency missing) is left out of the listing.
+COMMANDS = [
+    "skfmcib.commands.demo",
+    "skfmcib.commands.extract",
+    "skfmcib.commands.qc",
+    "skfmcib.commands.pretrain",
+    "skfmcib.commands.weights",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every available subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="skfmcib",
+        description="FMCIB foundation-model features for lesions in CT scans.",
+    )
+    parser.add_argument("--version", action="version", version=f"skfmcib {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue  # not part of this installation
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status.
+
+    Examples
+    --------
+    >>> from skfmcib.cli import main
+    >>> main(["--version"])  # doctest: +SKIP
+    skfmcib 0.1.0
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
