@@ -929,15 +929,44 @@ def _as_loaded(value: torch.Tensor, like: torch.Tensor, key: str, path: Path) ->
     return value.to("cpu").contiguous()
 
 
+_RANDOM_FILLS = frozenset(
+    getattr(torch.Tensor, name)
+    for name in (
+        "normal_",
+        "uniform_",
+        "random_",
+        "bernoulli_",
+        "exponential_",
+        "log_normal_",
+        "cauchy_",
+        "geometric_",
+    )
+)
+
+
+class _SkipMetaRandomInit(torch.overrides.TorchFunctionMode):
+    """Skip random initialisation of meta tensors.
+
+    The weights are replaced right away, and torch implements random fills of meta
+    tensors in Python references whose first use imports the compiler stack (seconds).
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in _RANDOM_FILLS and args and getattr(args[0], "is_meta", False):
+            return args[0]
+        return func(*args, **(kwargs or {}))
+
+
 def _encoder_from_state(
     config: EncoderConfig, state: Mapping[str, torch.Tensor], path: Path
 ) -> ResNet3D:
-    with torch.device("meta"):
+    with torch.device("meta"), _SkipMetaRandomInit():
         encoder = ResNet3D(config)  # no memory is allocated for the parameters
     expected = encoder.state_dict()
     state = dict(state)
-    for key in expected:  # a BN step counter is not a weight; older files lack it
-        if key.endswith("num_batches_tracked") and key not in state:
+    for key in expected:  # a BN step counter is not a weight; some files lack it
+        stem = key.removesuffix("num_batches_tracked")
+        if stem != key and key not in state and stem + "running_mean" in state:
             state[key] = torch.zeros((), dtype=torch.long)
     _check_fits(config, expected, state, path)
     prepared = {k: _as_loaded(state[k], expected[k], k, path) for k in expected}
