@@ -119,6 +119,11 @@ class WeightsRecord:
         :class:`WeightsLicenseNotice`.
     homepage : str, optional
         Human-readable page of the record (shown in messages).
+    api_url : str, optional
+        A Zenodo-style record API (JSON with ``files[].key``, ``size`` and ``checksum``
+        ``"md5:..."``). When ``size`` or ``md5`` is not pinned, :func:`fetch_weights`
+        reads them from there before downloading, so every download is checked against
+        the published record.
 
     Examples
     --------
@@ -136,12 +141,13 @@ class WeightsRecord:
     md5: str | None = None
     license: str | None = None
     homepage: str | None = None
+    api_url: str | None = None
 
 
-#: The official FMCIB weights (Pai et al. 2024), Zenodo record 10528450.
-#: ``size`` and ``md5`` are not pinned yet (see docs/weights.md): until they are, a
-#: download is checked against the server's Content-Length only, and any file already in
-#: the cache is used as is (strict loading still rejects a wrong or truncated file).
+#: The official FMCIB weights (Pai et al. 2024), Zenodo record 10528450. Their size and
+#: md5 are read from the Zenodo record's API before each download and checked after it;
+#: a file already in the cache is used as is (strict loading still rejects a wrong or
+#: truncated file).
 FMCIB_WEIGHTS = WeightsRecord(
     name="fmcib",
     url="https://zenodo.org/records/10528450/files/model_weights.torch?download=1",
@@ -150,6 +156,7 @@ FMCIB_WEIGHTS = WeightsRecord(
     md5=None,
     license="CC BY-NC 4.0",
     homepage="https://zenodo.org/records/10528450",
+    api_url="https://zenodo.org/api/records/10528450",
 )
 
 #: Registered weights by name.
@@ -348,6 +355,43 @@ def _parse_content_range(value: str | None) -> tuple[int, int | None] | None:
     return int(match.group(1)), total
 
 
+def _published_checksums(record: WeightsRecord, target: Path, timeout: float) -> WeightsRecord:
+    """Fill in a record's unknown size and md5 from its Zenodo-style record API."""
+    if record.api_url is None or (record.size is not None and record.md5 is not None):
+        return record
+    request = urllib.request.Request(
+        record.api_url, headers={"User-Agent": _user_agent(), "Accept": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            meta = json.loads(response.read().decode("utf-8"))
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise WeightsDownloadError(
+            f"Could not read the size and checksum of the {record.name!r} weights from "
+            f"{record.api_url}: {reason}.\n{_manual_hint(record, target)}"
+        ) from exc
+    files = meta.get("files", []) if isinstance(meta, dict) else []
+    if isinstance(files, dict):  # InvenioRDM: {"entries": {key: {...}}}
+        files = list(files.get("entries", {}).values())
+    for entry in files:
+        if isinstance(entry, dict) and entry.get("key") == record.filename:
+            checksum = str(entry.get("checksum", ""))
+            md5 = checksum.split(":", 1)[1] if checksum.startswith("md5:") else None
+            size = entry.get("size")
+            if md5 is None or not isinstance(size, int):
+                break
+            return replace(
+                record,
+                size=record.size if record.size is not None else size,
+                md5=record.md5 if record.md5 is not None else md5,
+            )
+    raise WeightsDownloadError(
+        f"The record {record.api_url} does not list {record.filename!r} with a size and an "
+        f"md5 checksum; not downloading unverified weights.\n{_manual_hint(record, target)}"
+    )
+
+
 def _download(
     record: WeightsRecord, part: Path, target: Path, *, progress: bool, timeout: float
 ) -> None:
@@ -463,7 +507,8 @@ def fetch_weights(
     returned without any network access. Otherwise the file is downloaded with
     ``urllib`` into ``<file>.part`` (resuming a previous partial download with an HTTP
     ``Range`` request; a server that ignores it is read from the start again), checked
-    against the registered size and md5, and moved into place atomically. Concurrent
+    against the registered size and md5 (read from the record's API, ``api_url``, when
+    they are not pinned), and moved into place atomically. Concurrent
     calls from several processes download it once (POSIX file lock).
 
     Parameters
@@ -530,6 +575,7 @@ def fetch_weights(
     with _file_lock(target):
         if target.is_file() and _size_ok(target, record.size):
             return target  # another process finished it while we waited
+        record = _published_checksums(record, target, timeout)
         _download(record, part, target, progress=progress, timeout=timeout)
         _verify(record, part, target)
         os.replace(part, target)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import random
 import re
 import socket
@@ -139,6 +140,7 @@ def _closed_port_url() -> str:
 
 
 def test_official_record_points_at_zenodo_record_10528450():
+    assert FMCIB_WEIGHTS.api_url == "https://zenodo.org/api/records/10528450"
     assert REGISTRY["fmcib"] is FMCIB_WEIGHTS
     assert FMCIB_WEIGHTS.url == (
         "https://zenodo.org/records/10528450/files/model_weights.torch?download=1"
@@ -275,6 +277,41 @@ def test_cached_file_of_the_wrong_size_is_downloaded_again(serve, tmp_path):
     target.write_bytes(b"truncated")
     assert fetch_weights(record, cache_dir=tmp_path, progress=False).read_bytes() == PAYLOAD
     assert server.requests == [None]
+
+
+def _zenodo_json(data: bytes, filename: str = "w.torch") -> bytes:
+    entry = {
+        "key": filename,
+        "size": len(data),
+        "checksum": f"md5:{hashlib.md5(data).hexdigest()}",
+    }
+    return json.dumps({"id": 1, "files": [{"key": "other.txt", "size": 1}, entry]}).encode()
+
+
+def test_unpinned_record_is_checked_against_the_published_record(serve, tmp_path):
+    api, server = serve(_zenodo_json(PAYLOAD)), serve()
+    record = _record(server.url, size=None, md5=None, api_url=api.url)
+    assert fetch_weights(record, cache_dir=tmp_path, progress=False).read_bytes() == PAYLOAD
+    assert api.requests == [None] and server.requests == [None]
+
+
+def test_download_differing_from_the_published_record_is_deleted(serve, tmp_path):
+    api, server = serve(_zenodo_json(PAYLOAD[:-1] + b"?")), serve()
+    record = _record(server.url, size=None, md5=None, api_url=api.url)
+    with pytest.raises(WeightsChecksumError, match="md5"):
+        fetch_weights(record, cache_dir=tmp_path, progress=False)
+    assert not (tmp_path / "testw" / "w.torch").exists()
+
+
+@pytest.mark.parametrize(
+    "api_body", [b"not json", json.dumps({"files": [{"key": "other"}]}).encode()]
+)
+def test_unusable_published_record_refuses_to_download(serve, tmp_path, api_body):
+    api, server = serve(api_body), serve()
+    record = _record(server.url, size=None, md5=None, api_url=api.url)
+    with pytest.raises(WeightsDownloadError, match="w.torch"):
+        fetch_weights(record, cache_dir=tmp_path, progress=False)
+    assert server.requests == []
 
 
 def test_progress_is_reported_on_stderr(serve, tmp_path, capsys):
@@ -627,7 +664,8 @@ def test_load_encoder_fmcib_reads_the_cached_official_file(small, x, tmp_path, m
 
 def test_load_encoder_fmcib_offline_explains_the_manual_route(tmp_path, monkeypatch):
     monkeypatch.setattr(weights, "_NOTICES_SHOWN", {"fmcib"})
-    monkeypatch.setitem(REGISTRY, "fmcib", replace(FMCIB_WEIGHTS, url=_closed_port_url()))
+    offline = replace(FMCIB_WEIGHTS, url=_closed_port_url(), api_url=_closed_port_url())
+    monkeypatch.setitem(REGISTRY, "fmcib", offline)
     with pytest.raises(WeightsDownloadError) as excinfo:
         load_encoder("fmcib", cache_dir=tmp_path, progress=False)
     assert str(tmp_path / "fmcib" / "model_weights.torch") in str(excinfo.value)
