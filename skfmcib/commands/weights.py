@@ -1,0 +1,65 @@
+"""``skfmcib weights``: fetch the official weights, show where they go, inspect a file."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..weights import (
+    CheckpointError,
+    WeightsDownloadError,
+    cached_weights_path,
+    fetch_weights,
+    load_encoder,
+)
+
+
+def add_parser(subparsers) -> None:
+    """Add ``skfmcib weights {fetch,path,info}``."""
+    parser = subparsers.add_parser(
+        "weights",
+        help="download, locate or inspect encoder weights",
+        description="Download the official FMCIB weights once (for offline use later), "
+        "print where they are cached, or check and describe a checkpoint file.",
+    )
+    sub = parser.add_subparsers(dest="weights_command", metavar="ACTION", required=True)
+    fetch = sub.add_parser("fetch", help="download the official weights into the cache")
+    fetch.add_argument("--cache-dir", help="cache folder (default: $SKFMCIB_CACHE_DIR, ...)")
+    fetch.set_defaults(func=_fetch)
+    path = sub.add_parser("path", help="print where the official weights are (or go)")
+    path.add_argument("--cache-dir")
+    path.set_defaults(func=_path)
+    info = sub.add_parser("info", help="load a checkpoint strictly and describe it")
+    info.add_argument("checkpoint", help="a checkpoint file, or 'fmcib' for the cached one")
+    info.add_argument("--cache-dir")
+    info.set_defaults(func=_info)
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    try:
+        print(fetch_weights("fmcib", cache_dir=args.cache_dir))
+    except WeightsDownloadError as exc:
+        print(f"skfmcib weights fetch: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _path(args: argparse.Namespace) -> int:
+    target = cached_weights_path("fmcib", cache_dir=args.cache_dir)
+    print(target)
+    return 0 if target.is_file() else 1
+
+
+def _info(args: argparse.Namespace) -> int:
+    try:
+        encoder, info = load_encoder(args.checkpoint, cache_dir=args.cache_dir, progress=False)
+    except (CheckpointError, WeightsDownloadError, OSError) as exc:
+        print(f"skfmcib weights info: {exc}", file=sys.stderr)
+        return 1
+    n_params = sum(p.numel() for p in encoder.parameters())
+    print(f"source:       {info.source}")
+    print(f"sha256:       {info.digest}")
+    print(f"architecture: {info.config.to_dict()}")
+    print(f"parameters:   {n_params:,}")
+    print(f"features:     {encoder.out_features}")
+    return 0
