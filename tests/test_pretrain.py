@@ -1,0 +1,307 @@
+"""Self-supervised pretraining: losses, LARS, negatives, resumable runs, CLI, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+import torch
+
+from skfmcib.io import read_image
+from skfmcib.patches import extract_patch
+from skfmcib.pretrain import (
+    LARS,
+    SeedPairDataset,
+    gather_with_grad,
+    info_nce_loss,
+    lars_param_groups,
+    mined_negative_loss,
+    pretrain,
+    projection_head,
+)
+from skfmcib.weights import load_encoder, read_checkpoint
+
+TINY = {"arch": "resnet10", "widen_factor": 0.125}
+
+
+def _write_ct(path, seed: int):
+    """A 140 x 60 x 40 mm scan: air around a body box, with bright and dark blobs."""
+    rng = np.random.default_rng(seed)
+    ct = np.full((40, 60, 140), -1000, dtype=np.int16)
+    ct[2:38, 5:55, 5:135] = 40 + rng.integers(-20, 20, size=(36, 50, 130))
+    z, y, x = np.ogrid[:40, :60, :140]
+    for cx, hu in ((30, 400), (100, -600)):
+        ct[(z - 20) ** 2 + (y - 30) ** 2 + (x - cx) ** 2 <= 64] = hu
+    sitk.WriteImage(sitk.GetImageFromArray(ct), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def seeds(tmp_path_factory):
+    """Four seeds in two small scans, with the CSV written beside them (relative paths)."""
+    root = tmp_path_factory.mktemp("ssl")
+    rows = []
+    for k in range(2):
+        _write_ct(root / f"ct{k}.nii.gz", seed=k)
+        rows += [(f"ct{k}.nii.gz", 30.0, 30.0, 20.0), (f"ct{k}.nii.gz", 100.0, 30.0, 20.0)]
+    table = pd.DataFrame(rows, columns=["image_path", "coordX", "coordY", "coordZ"])
+    table.to_csv(root / "seeds.csv", index=False)
+    table["image_path"] = [str(root / p) for p in table["image_path"]]
+    return table
+
+
+FAST = dict(arch=TINY, batch_size=2, device="cpu", random_state=0, progress=False)
+
+
+# ---------------------------------------------------------------------- losses
+
+
+def test_info_nce_matches_hand_computation():
+    rng = np.random.default_rng(0)
+    z1, z2 = rng.standard_normal((3, 4)), rng.standard_normal((3, 4))
+    z = np.concatenate([z1, z2])
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    t = 0.1
+    total = 0.0
+    for a in range(6):
+        partner = (a + 3) % 6
+        others = [b for b in range(6) if b != a]
+        denominator = sum(np.exp(z[a] @ z[b] / t) for b in others)
+        total += -np.log(np.exp(z[a] @ z[partner] / t) / denominator)
+    got = info_nce_loss(torch.tensor(z1), torch.tensor(z2), temperature=t)
+    assert float(got) == pytest.approx(total / 6, rel=1e-6)
+
+
+def test_mined_negative_loss_matches_hand_computation():
+    rng = np.random.default_rng(1)
+    p1, p2, n1, n2 = (rng.standard_normal((2, 3)) for _ in range(4))
+    unit = [v / np.linalg.norm(v, axis=1, keepdims=True) for v in (p1, p2, n1, n2)]
+    p1u, p2u, n1u, n2u = unit
+    t, total = 0.1, 0.0
+    for anchor, other, negatives in ((p1u, p2u, n1u), (p2u, p1u, n2u)):
+        for i in range(2):
+            pos = np.exp(anchor[i] @ other[i] / t)
+            neg = sum(np.exp(anchor[i] @ n / t) for n in negatives)
+            total += -np.log(pos / (pos + neg))
+    got = mined_negative_loss(*(torch.tensor(v) for v in (p1, p2, n1, n2)), temperature=t)
+    assert float(got) == pytest.approx(total / 4, rel=1e-6)
+
+
+def test_info_nce_prefers_matching_views():
+    z = torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
+    assert info_nce_loss(z, z + 0.01) < info_nce_loss(z, z.roll(1, dims=0))
+
+
+# ------------------------------------------------------------------------ LARS
+
+
+def test_lars_two_steps_match_hand_calculation():
+    w0, b0 = np.array([[3.0, -1.0], [2.0, 0.5]]), np.array([0.2, -0.1])
+    grads = [
+        (np.array([[0.5, 0.1], [-0.2, 0.3]]), np.array([0.05, 0.02])),
+        (np.array([[0.1, -0.4], [0.3, 0.2]]), np.array([-0.01, 0.03])),
+    ]
+    lr, momentum, wd, eta = 0.2, 0.9, 0.1, 0.5
+    weight = torch.nn.Parameter(torch.tensor(w0))
+    bias = torch.nn.Parameter(torch.tensor(b0))
+    opt = LARS(
+        [{"params": [weight]}, {"params": [bias], "exclude": True}],
+        lr=lr,
+        momentum=momentum,
+        weight_decay=wd,
+        trust_coefficient=eta,
+    )
+    w, b, vw, vb = w0.copy(), b0.copy(), None, None
+    for gw, gb in grads:
+        weight.grad, bias.grad = torch.tensor(gw), torch.tensor(gb)
+        opt.step()
+        g = gw + wd * w  # decayed, then scaled by the trust ratio
+        g = g * eta * np.linalg.norm(w) / np.linalg.norm(g)
+        vw = g if vw is None else momentum * vw + g
+        vb = gb if vb is None else momentum * vb + gb  # excluded: plain momentum SGD
+        w, b = w - lr * vw, b - lr * vb
+        np.testing.assert_allclose(weight.detach().numpy(), w, rtol=1e-12)
+        np.testing.assert_allclose(bias.detach().numpy(), b, rtol=1e-12)
+
+
+def test_lars_groups_exclude_biases_and_batch_norm():
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 3), torch.nn.BatchNorm3d(2))
+    groups = lars_param_groups(net, weight_decay=1e-6)
+    adapted = {id(p) for g in groups if not g["exclude"] for p in g["params"]}
+    excluded = {id(p) for g in groups if g["exclude"] for p in g["params"]}
+    assert adapted == {id(net[0].weight)}
+    assert excluded == {id(net[0].bias), id(net[1].weight), id(net[1].bias)}
+    assert all(g["weight_decay"] == 0.0 for g in groups if g["exclude"])
+
+
+def test_projection_head_width_follows_the_encoder():
+    assert [m.out_features for m in projection_head(64) if hasattr(m, "out_features")] == [
+        32,
+        128,
+    ]
+
+
+# ------------------------------------------------------------------------ data
+
+
+def test_pairs_are_the_seed_patch_and_a_distant_body_patch(seeds):
+    pairs = SeedPairDataset(seeds, seed=3)
+    volume = read_image(seeds["image_path"][1])
+    seed_point = seeds.loc[1, ["coordX", "coordY", "coordZ"]].to_numpy(float)
+    item = pairs[1]
+    assert item.shape == (2, 1, 50, 50, 50) and item.dtype == torch.float32
+    np.testing.assert_array_equal(item[0, 0].numpy(), extract_patch(volume, seed_point))
+    point = pairs.negative_point(volume, 1)
+    assert np.linalg.norm(point - seed_point) >= 50.0
+    index = np.round(volume.geometry.physical_to_continuous_index(point)).astype(int)
+    assert volume.array[index[2], index[1], index[0]] >= -500  # inside the body
+    np.testing.assert_array_equal(item[1, 0].numpy(), extract_patch(volume, point))
+    # the same negative for the same (seed, epoch, item); another one next epoch
+    np.testing.assert_array_equal(SeedPairDataset(seeds, seed=3)[1].numpy(), item.numpy())
+    pairs.set_epoch(1)
+    assert not np.array_equal(pairs.negative_point(volume, 1), point)
+
+
+def test_seed_outside_the_scan_is_reported(seeds):
+    bad = seeds.assign(coordX=-seeds["coordX"])
+    with pytest.raises(ValueError, match="outside the scan.*RAS"):
+        SeedPairDataset(bad)[0]
+
+
+# --------------------------------------------------------------------- training
+
+
+def test_two_epochs_then_resume_equal_three_epochs_straight(seeds, tmp_path):
+    straight = pretrain(seeds, tmp_path / "straight.pt", epochs=3, **FAST)
+    part = pretrain(seeds, tmp_path / "part.pt", epochs=3, epochs_this_run=2, **FAST)
+    assert read_checkpoint(part).extra["pretraining"]["epoch"] == 2
+    pretrain(seeds, part, epochs=3, **FAST)
+    a, b = read_checkpoint(straight), read_checkpoint(part)
+    assert a.state_dict.keys() == b.state_dict.keys()
+    for key, value in a.state_dict.items():
+        assert torch.equal(value, b.state_dict[key]), key
+    sa, sb = a.extra["pretraining"], b.extra["pretraining"]
+    for key, value in sa["projector_state_dict"].items():
+        assert torch.equal(value, sb["projector_state_dict"][key]), key
+    assert [h["loss"] for h in sa["history"]] == [h["loss"] for h in sb["history"]]
+    assert sa["epoch"] == sb["epoch"] == 3
+    # training moved the weights away from the initialisation
+    start, _ = load_encoder(None, config=a.config, random_state=0)
+    assert not torch.equal(start.state_dict()["conv1.weight"], a.state_dict["conv1.weight"])
+
+
+def test_checkpoint_loads_with_no_further_arguments(seeds, tmp_path):
+    from skfmcib.transformer import FMCIBTransformer
+
+    path = pretrain(seeds, tmp_path / "ssl.pt", epochs=1, **FAST)
+    encoder, info = load_encoder(path)
+    assert info.config.arch == "resnet10" and info.config.widen_factor == 0.125
+    features = FMCIBTransformer(weights=str(path), device="cpu").fit_transform(seeds)
+    assert features.shape == (4, encoder.out_features) and np.isfinite(features).all()
+    ckpt = read_checkpoint(path)
+    run = ckpt.extra["pretraining"]["run"]
+    assert run["lr"] == pytest.approx(0.3 * 2 / 256) and run["temperature"] == 0.1
+
+
+def test_resume_refuses_a_run_with_other_settings(seeds, tmp_path):
+    path = pretrain(seeds, tmp_path / "ssl.pt", epochs=2, epochs_this_run=1, **FAST)
+    with pytest.raises(ValueError, match="batch_size: 2 -> 1"):
+        pretrain(seeds, path, epochs=2, **{**FAST, "batch_size": 1})
+    # resume=False starts over instead
+    pretrain(seeds, path, epochs=1, resume=False, **FAST)
+    assert read_checkpoint(path).extra["pretraining"]["run"]["epochs"] == 1
+
+
+def test_mined_loss_variant_and_progress_output(seeds, tmp_path, capsys):
+    pretrain(seeds, tmp_path / "ssl.pt", epochs=1, loss="mined", **{**FAST, "progress": True})
+    err = capsys.readouterr().err
+    assert "epoch 1/1 step 1/2 loss" in err and "epoch 1/1 loss" in err
+
+
+def test_cli_pretrains_and_resumes(seeds, tmp_path, capsys):
+    from skfmcib.cli import main
+
+    csv = os.path.join(os.path.dirname(seeds["image_path"][0]), "seeds.csv")
+    out = tmp_path / "cli.pt"
+    argv = ["pretrain", csv, "--out", str(out), "--arch", "resnet10", "--widen-factor", "0.125"]
+    argv += ["--epochs", "2", "--batch-size", "2", "--device", "cpu", "--seed", "0"]
+    assert main([*argv, "--epochs-this-run", "1"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == str(out) and "epoch 1/2 loss" in captured.err
+    assert main(argv) == 0
+    assert "resuming" in capsys.readouterr().err
+    encoder, info = load_encoder(out)
+    assert info.config.arch == "resnet10"
+    assert main([*argv, "--batch-size", "1"]) == 2
+    assert "other settings" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ distributed
+
+
+def test_gather_with_grad_is_identity_in_one_process():
+    x = torch.randn(3, 2, requires_grad=True)
+    y = gather_with_grad(x)
+    assert y is x
+
+
+_DDP_SCRIPT = """
+import json, os, sys
+import pandas as pd, torch, torch.distributed as dist
+from skfmcib.pretrain import gather_with_grad, pretrain
+
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+full = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+local = full[2 * rank : 2 * rank + 2].clone().requires_grad_()
+weights = torch.arange(12.0, dtype=torch.float64).view(4, 3)
+gathered = gather_with_grad(local)
+(gathered.sin() * weights).sum().backward()
+reference = full.clone().requires_grad_()
+(reference.sin() * weights).sum().backward()
+report = {
+    "gathered": torch.equal(gathered.detach(), full),
+    # every process computes the same loss: the gradient is the sum over processes
+    "grad": torch.allclose(local.grad, 2 * reference.grad[2 * rank : 2 * rank + 2]),
+}
+table = pd.read_csv(sys.argv[2])
+pretrain(table, os.path.join(sys.argv[1], "ddp.pt"), arch={"arch": "resnet10",
+         "widen_factor": 0.125}, epochs=1, batch_size=1, device="cpu", random_state=0,
+         progress=False)
+with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as fh:
+    json.dump(report, fh)
+dist.destroy_process_group()
+"""
+
+
+def test_two_process_gloo_run_gathers_with_gradients_and_trains(seeds, tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(textwrap.dedent(_DDP_SCRIPT))
+    seeds.to_csv(tmp_path / "seeds.csv", index=False)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [*cmd, str(script), str(tmp_path), str(tmp_path / "seeds.csv")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == {
+            "gathered": True,
+            "grad": True,
+        }
+    state = read_checkpoint(tmp_path / "ddp.pt").extra["pretraining"]
+    assert state["run"]["world_size"] == 2 and state["run"]["lr"] == pytest.approx(0.3 * 2 / 256)
+    first, second = state["generator_states"]
+    assert not torch.equal(first, second)  # each process augments differently
+    assert state["history"][0]["epoch"] == 1
