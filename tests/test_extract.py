@@ -1,0 +1,385 @@
+"""skfmcib extract: outputs, provenance, errors file, exit codes, resume (with a real kill)."""
+
+from __future__ import annotations
+
+import doctest
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import REPO, write_image
+
+from skfmcib import FMCIBTransformer
+from skfmcib.cli import main
+from skfmcib.encoder import EncoderConfig
+from skfmcib.extract import (
+    ExtractError,
+    ProvenanceMismatch,
+    errors_path,
+    extract,
+    parts_dir,
+    provenance_path,
+    read_provenance,
+)
+from skfmcib.weights import file_digest, load_encoder, save_checkpoint
+
+TINY = EncoderConfig(arch="resnet10", widen_factor=0.25)
+
+
+def make_checkpoint(path: Path, seed: int = 0) -> Path:
+    net, _ = load_encoder(None, config=TINY, random_state=seed)
+    return save_checkpoint(net, path)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("weights") / "tiny.torch")
+
+
+def make_images(folder: Path, n_images: int, rows_per_image: int, seed: int = 0) -> pd.DataFrame:
+    """CTs of noise and a table of interior seeds; paths relative to ``folder``."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k in range(n_images):
+        hu = rng.normal(-300, 300, size=(30, 64, 64)).astype(np.int16)
+        write_image(folder / f"ct{k:02d}.nii.gz", hu, spacing=(1.0, 1.0, 2.0))
+        for j in range(rows_per_image):
+            seed_pt = rng.uniform([20, 20, 20], [44, 44, 40])
+            rows.append((f"ct{k:02d}.nii.gz", *seed_pt, f"patient{k}", j))
+    return pd.DataFrame(rows, columns=["image_path", "coordX", "coordY", "coordZ", "pid", "j"])
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """6 images x 2 lesions, written as seeds.csv beside the images."""
+    folder = tmp_path_factory.mktemp("study")
+    table = make_images(folder, 6, 2)
+    table.to_csv(folder / "seeds.csv", index=False)
+    return folder
+
+
+def tiny(checkpoint, **kwargs) -> FMCIBTransformer:
+    return FMCIBTransformer(weights=checkpoint, device="cpu", **kwargs)
+
+
+def absolute(table: pd.DataFrame, folder: Path) -> pd.DataFrame:
+    table = table.copy()
+    table["image_path"] = [str(folder / p) for p in table["image_path"]]
+    return table
+
+
+def feature_block(frame: pd.DataFrame) -> np.ndarray:
+    cols = [c for c in frame.columns if str(c).startswith("fmcib_")]
+    return frame[cols].to_numpy(dtype=np.float32)
+
+
+# --- outputs -------------------------------------------------------------------------------
+
+
+def test_parquet_output_has_input_columns_features_and_provenance(study, checkpoint, tmp_path):
+    pytest.importorskip("pyarrow")
+    out = tmp_path / "features.parquet"
+    summary = extract(study / "seeds.csv", out, transformer=tiny(checkpoint), chunk_size=3)
+    table = pd.read_csv(study / "seeds.csv")
+    frame = pd.read_parquet(out)
+    assert summary.exit_status == 0 and summary.n_written == len(table) == 12
+    assert list(frame.columns[:6]) == list(table.columns)
+    pd.testing.assert_frame_equal(frame[table.columns], table)
+    assert [c for c in frame.columns if c.startswith("fmcib_")] == [
+        f"fmcib_{i}" for i in range(128)
+    ]
+    # Same numbers as the transformer on the whole table at once.
+    direct = tiny(checkpoint).fit().transform(absolute(table, study))
+    np.testing.assert_allclose(feature_block(frame), direct, rtol=1e-5, atol=1e-6)
+    prov = read_provenance(out)
+    assert prov["weights_digest"] == file_digest(checkpoint)
+    assert prov["encoder_config"]["arch"] == "resnet10"
+    assert prov["preprocessing"]["patch_size_voxels"] == 50
+    assert prov["skfmcib_version"] and prov["n_rows"] == 12 and prov["chunk_size"] == 3
+    # Parts are gone, no temporary file is left, the errors file has its header only.
+    assert not parts_dir(out).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "features.parquet",
+        "features.parquet.errors.csv",
+    ]
+    assert list(pd.read_csv(errors_path(out)).columns) == ["row", "image_path", "reason"]
+    assert len(pd.read_csv(errors_path(out))) == 0
+
+
+def test_csv_output_round_trips_float32_exactly_and_has_a_sidecar(study, checkpoint, tmp_path):
+    out = tmp_path / "features.csv"
+    extract(study / "seeds.csv", out, transformer=tiny(checkpoint), chunk_size=4)
+    frame = pd.read_csv(out)
+    direct = tiny(checkpoint).fit().transform(absolute(pd.read_csv(study / "seeds.csv"), study))
+    np.testing.assert_allclose(feature_block(frame), direct, rtol=1e-5, atol=1e-6)
+    prov = json.loads(provenance_path(out).read_text())
+    assert prov == read_provenance(out) and prov["weights_digest"] == file_digest(checkpoint)
+    if pytest.importorskip("pyarrow"):
+        pq = tmp_path / "features.parquet"
+        extract(study / "seeds.csv", pq, transformer=tiny(checkpoint), chunk_size=4)
+        np.testing.assert_array_equal(feature_block(frame), feature_block(pd.read_parquet(pq)))
+
+
+def test_chunking_does_not_change_the_numbers(study, checkpoint, tmp_path):
+    a = extract(
+        study / "seeds.csv", tmp_path / "a.csv", transformer=tiny(checkpoint), chunk_size=1
+    )
+    b = extract(
+        study / "seeds.csv", tmp_path / "b.csv", transformer=tiny(checkpoint), chunk_size=100
+    )
+    assert (a.n_chunks, b.n_chunks) == (6, 1)  # whole images per chunk
+    np.testing.assert_allclose(
+        feature_block(pd.read_csv(a.out)),
+        feature_block(pd.read_csv(b.out)),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
+# --- failing rows --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def bad_study(study, tmp_path):
+    table = pd.read_csv(study / "seeds.csv").iloc[:4]
+    bad = pd.DataFrame(
+        {
+            "image_path": ["missing.nii.gz", "ct01.nii.gz"],
+            "coordX": [1.0, 900.0],
+            "coordY": [2.0, 30.0],
+            "coordZ": [3.0, 30.0],
+            "pid": ["x", "y"],
+            "j": [0, 1],
+        }
+    )
+    table = pd.concat([table.iloc[:2], bad, table.iloc[2:]], ignore_index=True)
+    table["image_path"] = [str(study / p) for p in table["image_path"]]
+    path = tmp_path / "bad.csv"
+    table.to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("on_error", ["skip", "nan"])
+def test_failed_rows_go_to_the_errors_file(bad_study, checkpoint, tmp_path, on_error):
+    out = tmp_path / "f.csv"
+    summary = extract(bad_study, out, transformer=tiny(checkpoint), on_error=on_error)
+    assert (summary.n_failed, summary.exit_status) == (2, 1)
+    errors = pd.read_csv(errors_path(out))
+    assert errors["row"].tolist() == [2, 3]
+    assert errors["image_path"].str.endswith(("missing.nii.gz", "ct01.nii.gz")).all()
+    assert "no such file" in errors["reason"][0]
+    assert "outside the scan" in errors["reason"][1]
+    frame = pd.read_csv(out)
+    if on_error == "skip":
+        assert frame["j"].tolist() == [0, 1, 0, 1] and np.isfinite(feature_block(frame)).all()
+    else:
+        assert len(frame) == 6
+        finite = np.isfinite(feature_block(frame)).all(axis=1)
+        assert finite.tolist() == [True, True, False, False, True, True]
+
+
+def test_on_error_raise_stops_keeps_parts_and_resumes(bad_study, checkpoint, tmp_path):
+    out = tmp_path / "f.csv"
+    with pytest.raises(ExtractError, match=r"row 2 \(.*missing.nii.gz\)") as info:
+        extract(bad_study, out, transformer=tiny(checkpoint), on_error="raise", chunk_size=1)
+    assert info.value.exit_status == 1
+    assert not out.exists()
+    manifest = json.loads((parts_dir(out) / "manifest.json").read_text())
+    assert len(manifest["done"]) == 1  # the first image's chunk is kept
+    assert pd.read_csv(errors_path(out))["row"].tolist() == [2]
+    summary = extract(bad_study, out, transformer=tiny(checkpoint), on_error="skip", resume=True)
+    assert summary.n_chunks_resumed == 1 and summary.n_written == 4
+
+
+def test_duplicate_rows_are_computed_once_and_returned_for_each(study, checkpoint, tmp_path):
+    table = absolute(pd.read_csv(study / "seeds.csv"), study).iloc[:3]
+    table = pd.concat([table, table.iloc[[0, 0]]], ignore_index=True)
+    summary = extract(table, tmp_path / "d.csv", transformer=tiny(checkpoint))
+    feats = feature_block(pd.read_csv(summary.out))
+    assert summary.n_duplicates == 2 and len(feats) == 5
+    np.testing.assert_array_equal(feats[3], feats[0])
+    np.testing.assert_array_equal(feats[4], feats[0])
+
+
+# --- resume and refusals ---------------------------------------------------------------------
+
+
+def test_existing_output_or_parts_need_resume_or_overwrite(study, checkpoint, tmp_path):
+    out = tmp_path / "f.csv"
+    extract(study / "seeds.csv", out, transformer=tiny(checkpoint))
+    with pytest.raises(ExtractError, match="exists; pass overwrite"):
+        extract(study / "seeds.csv", out, transformer=tiny(checkpoint))
+    # Resuming a finished run of the same job does nothing.
+    again = extract(study / "seeds.csv", out, transformer=tiny(checkpoint), resume=True)
+    assert again.n_written == 12 and again.exit_status == 0
+    extract(study / "seeds.csv", out, transformer=tiny(checkpoint), overwrite=True)
+    with pytest.raises(ExtractError, match="exclude each other"):
+        extract(
+            study / "seeds.csv", out, transformer=tiny(checkpoint), overwrite=True, resume=True
+        )
+
+
+def _unfinished_run(study, checkpoint, out) -> None:
+    """Leave an unfinished run: stop after the first chunk by failing on row 2."""
+    table = absolute(pd.read_csv(study / "seeds.csv"), study)
+    table.loc[2, "coordX"] = 1e4
+    with pytest.raises(ExtractError):
+        extract(table, out, transformer=tiny(checkpoint), on_error="raise", chunk_size=2)
+    return table
+
+
+def test_resume_refuses_other_weights_parameters_or_table(study, checkpoint, tmp_path):
+    out = tmp_path / "f.csv"
+    table = _unfinished_run(study, checkpoint, out)
+    other = make_checkpoint(tmp_path / "other.torch", seed=1)
+    with pytest.raises(ProvenanceMismatch, match="weights_digest"):
+        extract(table, out, transformer=tiny(other), resume=True)
+    with pytest.raises(ProvenanceMismatch, match="precision"):
+        extract(table, out, transformer=tiny(checkpoint, precision="bf16"), resume=True)
+    with pytest.raises(ProvenanceMismatch, match="table_sha256"):
+        extract(table.iloc[::-1], out, transformer=tiny(checkpoint), resume=True)
+    with pytest.raises(ExtractError, match="unfinished run"):
+        extract(table, out, transformer=tiny(checkpoint))
+    # The parts survived every refusal.
+    assert len(json.loads((parts_dir(out) / "manifest.json").read_text())["done"]) == 1
+    finished = extract(table, out, transformer=tiny(checkpoint), resume=True)
+    assert finished.n_chunks_resumed == 1 and finished.n_failed == 1
+
+
+def test_a_corrupt_part_is_a_clear_error(study, checkpoint, tmp_path):
+    out = tmp_path / "f.csv"
+    table = _unfinished_run(study, checkpoint, out)
+    (parts_dir(out) / "chunk-00000.npz").write_bytes(b"garbage")
+    with pytest.raises(ExtractError, match="chunk-00000.npz: part file is unreadable"):
+        extract(table, out, transformer=tiny(checkpoint), resume=True, on_error="skip")
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "skfmcib.cli", *args]
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_output(tmp_path, checkpoint):
+    """SIGKILL a real ``skfmcib extract`` process after its first chunks, then --resume."""
+    pytest.importorskip("pyarrow")
+    table = make_images(tmp_path, 12, 2, seed=5)
+    table.to_csv(tmp_path / "seeds.csv", index=False)
+    common = ["--weights", str(checkpoint), "--device", "cpu", "--chunk-size", "2", "-q"]
+    full = tmp_path / "full.parquet"
+    done = subprocess.run(
+        _cli("extract", str(tmp_path / "seeds.csv"), "-o", str(full), *common),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+
+    out = tmp_path / "killed.parquet"
+    manifest = parts_dir(out) / "manifest.json"
+    proc = subprocess.Popen(
+        _cli("extract", str(tmp_path / "seeds.csv"), "-o", str(out), *common),
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        n_done = 0
+        while time.monotonic() < deadline and proc.poll() is None:
+            if manifest.is_file():
+                n_done = len(json.loads(manifest.read_text())["done"])
+                if n_done >= 2:
+                    break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert not out.exists()
+    kept = len(json.loads(manifest.read_text())["done"])
+    assert 2 <= kept < 12
+
+    resumed = subprocess.run(
+        _cli("extract", str(tmp_path / "seeds.csv"), "-o", str(out), *common[:-1], "--resume"),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{kept} chunks from the earlier run" in resumed.stderr
+    a, b = pd.read_parquet(full), pd.read_parquet(out)
+    # Every row once, in the table's order, with the same numbers as the uninterrupted run.
+    assert len(b) == len(table) == 24 and not b.duplicated(["image_path", "j"]).any()
+    pd.testing.assert_frame_equal(b[table.columns], table)
+    np.testing.assert_array_equal(feature_block(a), feature_block(b))
+    assert not parts_dir(out).exists()
+
+
+# --- command line ------------------------------------------------------------------------------
+
+
+def test_cli_exit_status_and_random_weights(study, bad_study, tmp_path, capsys):
+    random = [
+        "--weights",
+        "random",
+        "--arch",
+        "resnet10",
+        "--widen-factor",
+        "0.25",
+        "--device",
+        "cpu",
+    ]
+    ok = tmp_path / "ok.csv"
+    assert main(["extract", str(study / "seeds.csv"), "-o", str(ok), *random]) == 0
+    prov = read_provenance(ok)
+    assert prov["weights_digest"].startswith("random:") and prov["n_features"] == 128
+    assert main(["extract", str(bad_study), "-o", str(tmp_path / "bad_out.csv"), *random]) == 1
+    assert "2 rows failed" in capsys.readouterr().err
+    assert (
+        main(["extract", str(tmp_path / "nope.csv"), "-o", str(tmp_path / "x.csv"), *random]) == 2
+    )
+    assert "no such lesion table" in capsys.readouterr().err
+    assert main(["extract", str(study / "seeds.csv"), "-o", str(tmp_path / "x.txt"), *random]) == 2
+    assert (
+        main(
+            [
+                "extract",
+                str(study / "seeds.csv"),
+                "-o",
+                str(tmp_path / "y.csv"),
+                "--weights",
+                str(tmp_path / "none.torch"),
+            ]
+        )
+        == 2
+    )
+    assert "cannot load the encoder" in capsys.readouterr().err
+
+
+def test_module_examples_run():
+    import skfmcib.commands.extract
+    import skfmcib.extract
+    import skfmcib.masks
+
+    for module in (skfmcib.extract, skfmcib.masks, skfmcib.commands.extract):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0, module.__name__
