@@ -1,0 +1,199 @@
+"""Seeds from label images: centroids in LPS, components, labels, bad masks, DICOM SEG."""
+
+from __future__ import annotations
+
+import doctest
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+from conftest import write_dicom_series, write_image
+
+from skfmcib import masks
+from skfmcib.extract import extract
+from skfmcib.masks import seeds_from_masks
+from skfmcib.table import RowError
+
+OBLIQUE = np.array(
+    [[-1.0, 0.0, 0.0], [0.0, -0.94, 0.34202014], [0.0, 0.34202014, 0.94]]
+)  # flipped x, tilted about x
+
+
+def lps_centroid(path, value, where=None) -> np.ndarray:
+    """Centroid of a label through SimpleITK's own index -> physical mapping."""
+    image = sitk.ReadImage(str(path))
+    idx = np.argwhere(sitk.GetArrayFromImage(image) == value) if where is None else where
+    centre = idx.mean(axis=0)[::-1]  # (x, y, z) continuous index
+    return np.array(image.TransformContinuousIndexToPhysicalPoint(centre.tolist()))
+
+
+@pytest.fixture
+def two_lesions(tmp_path):
+    a = np.zeros((20, 30, 40), dtype=np.uint8)
+    a[2:6, 3:8, 4:9] = 1
+    a[12:15, 20:26, 30:33] = 1
+    a[10:12, 5:8, 20:22] = 2
+    direction = OBLIQUE / np.linalg.norm(OBLIQUE, axis=0)
+    path = write_image(
+        tmp_path / "mask.nrrd",
+        a,
+        spacing=(0.7, 0.8, 2.5),
+        origin=(10, -20, 30),
+        direction=direction,
+    )
+    return path, a
+
+
+def test_one_seed_per_connected_lesion_at_its_lps_centroid(two_lesions):
+    path, a = two_lesions
+    seeds = seeds_from_masks(pd.DataFrame({"mask_path": [str(path)], "pid": ["p1"]}))
+    assert seeds["mask_label"].tolist() == [1, 1, 2]
+    assert seeds["mask_component"].tolist() == [1, 2, 1]
+    assert seeds["mask_voxels"].tolist() == [100, 54, 12]
+    assert seeds["pid"].tolist() == ["p1"] * 3 and seeds["mask_row"].tolist() == [0, 0, 0]
+    lab = np.zeros_like(a)
+    lab[2:6, 3:8, 4:9] = 1
+    expected = [
+        lps_centroid(path, 1, np.argwhere(lab == 1)),
+        lps_centroid(path, 1, np.argwhere((a == 1) & (lab == 0))),
+        lps_centroid(path, 2),
+    ]
+    np.testing.assert_allclose(
+        seeds[["coordX", "coordY", "coordZ"]].to_numpy(), expected, atol=1e-6
+    )
+    np.testing.assert_allclose(seeds["mask_volume_mm3"], seeds["mask_voxels"] * 0.7 * 0.8 * 2.5)
+
+
+def test_label_value_gives_its_centroid(two_lesions):
+    path, _ = two_lesions
+    seeds = seeds_from_masks(pd.DataFrame({"mask_path": [str(path)]}), label=1)
+    assert len(seeds) == 1 and seeds["mask_voxels"][0] == 154
+    np.testing.assert_allclose(
+        seeds[["coordX", "coordY", "coordZ"]].to_numpy()[0], lps_centroid(path, 1), atol=1e-6
+    )
+    per_row = seeds_from_masks(pd.DataFrame({"mask_path": [str(path)] * 2, "mask_label": [2, 1]}))
+    assert per_row["mask_label"].tolist() == [2, 1] and per_row["mask_row"].tolist() == [0, 1]
+
+
+def test_connectivity_and_specks(tmp_path):
+    a = np.zeros((10, 10, 10), dtype=np.int16)
+    a[2, 2, 2] = a[3, 3, 3] = 1  # corner-touching voxels
+    a[7:9, 7:9, 7:9] = 1
+    path = write_image(tmp_path / "m.nii.gz", a)
+    table = pd.DataFrame({"mask_path": [str(path)]})
+    assert len(seeds_from_masks(table)) == 2
+    assert len(seeds_from_masks(table, connectivity=6)) == 3
+    assert seeds_from_masks(table, min_voxels=3)["mask_voxels"].tolist() == [8]
+    with pytest.raises(ValueError, match="connectivity"):
+        seeds_from_masks(table, connectivity=4)
+
+
+def test_hollow_lesion_centroid_is_flagged(tmp_path):
+    a = np.zeros((15, 15, 15), dtype=np.uint8)
+    a[2:13, 2:13, 2:13] = 1
+    a[4:11, 4:11, 4:11] = 0
+    path = write_image(tmp_path / "ring.nii.gz", a)
+    seeds = seeds_from_masks(pd.DataFrame({"mask_path": [str(path)]}))
+    assert seeds["centroid_in_lesion"].tolist() == [False]
+
+
+def test_bad_masks_name_row_and_file(tmp_path):
+    empty = write_image(tmp_path / "empty.nii.gz", np.zeros((5, 5, 5), dtype=np.uint8))
+    prob = write_image(tmp_path / "prob.nii.gz", np.full((5, 5, 5), 0.4, dtype=np.float32))
+    table = pd.DataFrame({"mask_path": [str(empty)]}, index=["lesionA"])
+    with pytest.raises(RowError, match=r"row lesionA \(.*empty.nii.gz\): mask holds no"):
+        seeds_from_masks(table)
+    with pytest.raises(RowError, match="whole numbers"):
+        seeds_from_masks(pd.DataFrame({"mask_path": [str(prob)]}))
+    with pytest.raises(RowError, match=r"row 0 \(.*nope.nii.gz\): no such file"):
+        seeds_from_masks(pd.DataFrame({"mask_path": [str(tmp_path / "nope.nii.gz")]}))
+    with pytest.raises(ValueError, match="mask_path"):
+        seeds_from_masks(pd.DataFrame({"image_path": ["x"]}))
+
+
+def _write_seg(tmp_path, mask):
+    hd = pytest.importorskip("highdicom")
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.sr.codedict import codes
+
+    ct = write_dicom_series(tmp_path / "ct", np.full(mask.shape, -1000, dtype=np.int16))
+    sources = [pydicom.dcmread(f) for f in sorted(ct.glob("*.dcm"))]
+    for s in sources:
+        s.FrameOfReferenceUID = "1.2.826.0.1.3680043.8.498.3"
+        s.PatientID, s.PatientName = "p1", "Doe^Jane"
+    description = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label="lesion",
+        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Neoplasm,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+    )
+    seg = hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=mask,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[description],
+        series_instance_uid=hd.UID(),
+        series_number=2,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="test",
+        manufacturer_model_name="test",
+        software_versions="1",
+        device_serial_number="1",
+    )
+    seg.save_as(tmp_path / "seg.dcm")
+    return ct, tmp_path / "seg.dcm"
+
+
+def test_dicom_seg_through_highdicom(tmp_path):
+    mask = np.zeros((12, 40, 48), dtype=bool)
+    mask[3:6, 10:14, 20:26] = True
+    ct, seg = _write_seg(tmp_path, mask)
+    seeds = seeds_from_masks(pd.DataFrame({"mask_path": [str(seg)]}))
+    image = sitk.ReadImage([str(p) for p in sorted(ct.glob("*.dcm"))])
+    centre = np.argwhere(mask).mean(axis=0)[::-1]
+    expected = image.TransformContinuousIndexToPhysicalPoint(centre.tolist())
+    np.testing.assert_allclose(
+        seeds[["coordX", "coordY", "coordZ"]].to_numpy()[0], expected, atol=1e-6
+    )
+    assert seeds["mask_voxels"][0] == 72
+
+
+def test_dicom_seg_without_highdicom_is_a_clear_error(tmp_path, monkeypatch):
+    # A DICOM file whose modality is SEG, written without highdicom.
+    img = sitk.GetImageFromArray(np.zeros((1, 8, 8), dtype=np.uint8))
+    img.SetMetaData("0008|0060", "SEG")
+    sitk.WriteImage(img, str(tmp_path / "seg.dcm"))
+    monkeypatch.setitem(sys.modules, "highdicom", None)
+    with pytest.raises(RowError, match=r"needs the optional 'highdicom' package"):
+        seeds_from_masks(pd.DataFrame({"mask_path": [str(tmp_path / "seg.dcm")]}))
+
+
+def test_extract_accepts_a_mask_table(tmp_path):
+    rng = np.random.default_rng(0)
+    ct = write_image(tmp_path / "ct.nii.gz", rng.normal(0, 100, (40, 60, 60)).astype(np.int16))
+    a = np.zeros((40, 60, 60), dtype=np.uint8)
+    a[10:14, 20:25, 20:25] = 3
+    a[25:30, 40:44, 35:40] = 3
+    write_image(tmp_path / "seg.nii.gz", a)
+    pd.DataFrame({"image_path": ["ct.nii.gz"], "mask_path": ["seg.nii.gz"]}).to_csv(
+        tmp_path / "masks.csv", index=False
+    )
+    from skfmcib import FMCIBTransformer
+
+    tiny = FMCIBTransformer(
+        weights=None, arch={"arch": "resnet10", "widen_factor": 0.25}, random_state=0, device="cpu"
+    )
+    summary = extract(tmp_path / "masks.csv", tmp_path / "f.csv", transformer=tiny)
+    frame = pd.read_csv(summary.out)
+    assert summary.n_written == 2 and frame["image_path"].tolist() == ["ct.nii.gz"] * 2
+    assert frame["mask_path"].tolist() == ["seg.nii.gz"] * 2  # as the user wrote them
+    np.testing.assert_allclose(frame["coordZ"], [11.5, 27.0])
+    assert str(ct)  # the CT was read through the resolved path
+
+
+def test_examples_run():
+    assert doctest.testmod(masks).failed == 0
