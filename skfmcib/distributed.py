@@ -1,0 +1,158 @@
+"""Feature extraction on a Dask distributed cluster.
+
+:func:`skfmcib.extract.extract` with ``scheduler=`` sends each chunk of whole
+images to a worker with ``client.submit``. Every worker process loads the encoder
+once, on the first chunk it receives, and keeps it for the others (a cache keyed
+by the transformer's parameters); the driver writes each finished chunk as a part
+file, so a distributed run resumes like a local one. The numbers are those of a
+local run: the same chunks go through the same code.
+
+Workers read the images and the checkpoint themselves: the paths in the table and
+``weights`` must mean the same files on every worker (a shared file system).
+
+Needs the optional ``distributed`` package: ``pip install 'skfmcib[dask]'``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import pandas as pd
+
+from .extract import ChunkResult, ExtractError, encode_chunk
+from .transformer import FMCIBTransformer
+
+__all__ = ["get_client", "map_chunks", "worker_transformer"]
+
+_CACHE: dict[str, tuple[FMCIBTransformer, threading.Lock]] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _require_distributed():
+    try:
+        import distributed
+    except ImportError as exc:
+        raise ExtractError(
+            "running on a Dask cluster needs the optional 'distributed' package: "
+            "pip install 'skfmcib[dask]'"
+        ) from exc
+    return distributed
+
+
+def _cache_key(params: Mapping[str, Any]) -> str:
+    return json.dumps({k: params[k] for k in sorted(params)}, sort_keys=True, default=repr)
+
+
+def worker_transformer(params: Mapping[str, Any]) -> tuple[FMCIBTransformer, threading.Lock]:
+    """The fitted transformer for ``params`` in this process, loaded on first use.
+
+    Parameters
+    ----------
+    params : mapping
+        :meth:`FMCIBTransformer.get_params` output.
+
+    Returns
+    -------
+    transformer : FMCIBTransformer
+        Fitted, shared by every task of this process with the same parameters.
+    lock : threading.Lock
+        Held while encoding, so that threads of one worker share its encoder in turn.
+
+    Examples
+    --------
+    >>> from skfmcib.distributed import worker_transformer
+    >>> params = {"weights": None, "arch": {"arch": "resnet10", "widen_factor": 0.25},
+    ...           "random_state": 0, "device": "cpu"}
+    >>> a, _ = worker_transformer(params)
+    >>> b, _ = worker_transformer(dict(params))
+    >>> a is b, a.n_features_out_
+    (True, 128)
+    """
+    key = _cache_key(params)
+    with _CACHE_LOCK:
+        entry = _CACHE.get(key)
+        if entry is None:
+            model = FMCIBTransformer(**dict(params)).set_params(on_error="nan", progress=False)
+            entry = (model.fit(None), threading.Lock())
+            _CACHE[key] = entry
+    return entry
+
+
+def _encode_on_worker(params: Mapping[str, Any], sub: pd.DataFrame) -> ChunkResult:
+    model, lock = worker_transformer(params)
+    with lock:
+        return encode_chunk(model, sub)
+
+
+def get_client(scheduler: Any):
+    """A ``distributed.Client`` for an address, a scheduler file or a client.
+
+    Parameters
+    ----------
+    scheduler : str, path or distributed.Client
+        ``"tcp://host:8786"`` (any address Dask accepts), the path of a scheduler
+        file (``.json``), or a client, returned as it is.
+
+    Returns
+    -------
+    client : distributed.Client
+    owned : bool
+        Whether the caller made the client and should close it.
+    """
+    distributed = _require_distributed()
+    if isinstance(scheduler, distributed.Client):
+        return scheduler, False
+    text = str(scheduler)
+    try:
+        if text.endswith(".json"):
+            return distributed.Client(scheduler_file=text, timeout="30s"), True
+        return distributed.Client(text, timeout="30s"), True
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise ExtractError(f"cannot reach the Dask scheduler at {text}: {exc}") from exc
+
+
+def map_chunks(
+    scheduler: Any, params: Mapping[str, Any], chunks: Mapping[int, pd.DataFrame]
+) -> Iterator[tuple[int, ChunkResult]]:
+    """Encode chunks on a Dask cluster; yield ``(chunk id, result)`` as they finish.
+
+    Parameters
+    ----------
+    scheduler : str, path or distributed.Client
+        See :func:`get_client`.
+    params : mapping
+        The transformer's parameters (each worker builds and fits it once).
+    chunks : mapping of int to DataFrame
+        Rows of each chunk, indexed by their position in the table, with absolute
+        image paths.
+
+    Yields
+    ------
+    index : int
+        The chunk's id.
+    result : ChunkResult
+        Its features and failed rows, in the chunk's row order.
+    """
+    distributed = _require_distributed()
+    client, owned = get_client(scheduler)
+    try:
+        futures = {}
+        run = uuid.uuid4().hex[:12]  # keys unique to this run: never a cached result
+        for index, sub in chunks.items():
+            future = client.submit(
+                _encode_on_worker, dict(params), sub, key=f"skfmcib-{run}-chunk-{index}"
+            )
+            futures[future] = index
+        for future in distributed.as_completed(futures):
+            index = futures.pop(future)
+            yield index, future.result()
+            future.release()
+    finally:
+        for future in list(futures):
+            future.cancel()
+        if owned:
+            client.close()

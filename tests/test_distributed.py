@@ -1,0 +1,127 @@
+"""Extraction on a Dask cluster (a LocalCluster of 2 worker processes) equals a local run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import write_image
+
+distributed = pytest.importorskip("distributed")
+
+from sklearn.linear_model import LogisticRegression  # noqa: E402
+from sklearn.model_selection import GridSearchCV  # noqa: E402
+from sklearn.pipeline import make_pipeline  # noqa: E402
+
+from skfmcib import FMCIBTransformer  # noqa: E402
+from skfmcib.cli import main  # noqa: E402
+from skfmcib.encoder import EncoderConfig  # noqa: E402
+from skfmcib.extract import extract, read_provenance  # noqa: E402
+from skfmcib.weights import load_encoder, save_checkpoint  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def client():
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    )
+    with distributed.Client(cluster) as c:
+        yield c
+    cluster.close()
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("dask")
+    rng = np.random.default_rng(3)
+    rows = []
+    for k in range(5):
+        hu = rng.normal(-300, 300, size=(24, 60, 60)).astype(np.int16)
+        write_image(folder / f"ct{k}.nii.gz", hu, spacing=(1.0, 1.0, 2.5))
+        for _ in range(2):
+            rows.append((f"ct{k}.nii.gz", *rng.uniform([20, 20, 20], [40, 40, 40])))
+    rows.append(("missing.nii.gz", 1.0, 2.0, 3.0))
+    pd.DataFrame(rows, columns=["image_path", "coordX", "coordY", "coordZ"]).to_csv(
+        folder / "seeds.csv", index=False
+    )
+    net, _ = load_encoder(None, config=EncoderConfig("resnet10", 0.25), random_state=0)
+    save_checkpoint(net, folder / "tiny.torch")
+    return folder
+
+
+def features(path) -> np.ndarray:
+    frame = pd.read_csv(path)
+    return frame[[c for c in frame.columns if c.startswith("fmcib_")]].to_numpy(np.float32)
+
+
+def test_dask_run_equals_local_run(client, study, tmp_path):
+    model = FMCIBTransformer(weights=study / "tiny.torch", device="cpu")
+    local = extract(study / "seeds.csv", tmp_path / "local.csv", transformer=model, chunk_size=2)
+    remote = extract(
+        study / "seeds.csv",
+        tmp_path / "dask.csv",
+        transformer=model,
+        chunk_size=2,
+        scheduler=client.scheduler.address,
+    )
+    assert (local.n_failed, remote.n_failed) == (1, 1) and remote.n_written == 10
+    np.testing.assert_array_equal(features(local.out), features(remote.out))
+    pd.testing.assert_frame_equal(pd.read_csv(local.errors_path), pd.read_csv(remote.errors_path))
+    assert read_provenance(remote.out)["weights_digest"] == local.provenance["weights_digest"]
+
+    # One encoder per worker process, loaded on its first chunk and kept.
+    def cached():
+        from skfmcib import distributed as d
+
+        return len(d._CACHE)
+
+    assert set(client.run(cached).values()) <= {0, 1}
+    assert sum(client.run(cached).values()) >= 1
+
+
+def test_cli_scheduler_option(client, study, tmp_path):
+    out = tmp_path / "f.csv"
+    argv = [
+        "extract",
+        str(study / "seeds.csv"),
+        "-o",
+        str(out),
+        "--weights",
+        str(study / "tiny.torch"),
+        "--device",
+        "cpu",
+        "--scheduler",
+        client.scheduler.address,
+        "-q",
+    ]
+    assert main(argv) == 1  # the missing image
+    local = extract(
+        study / "seeds.csv",
+        tmp_path / "l.csv",
+        transformer=FMCIBTransformer(weights=study / "tiny.torch", device="cpu"),
+    )
+    np.testing.assert_array_equal(features(out), features(local.out))
+
+
+def test_grid_search_under_the_dask_joblib_backend(client, study):
+    from joblib import parallel_backend
+
+    table = pd.read_csv(study / "seeds.csv").iloc[:10]
+    table["image_path"] = [str(study / p) for p in table["image_path"]]
+    y = np.tile([0, 1], 5)
+    pipe = make_pipeline(
+        FMCIBTransformer(
+            weights=None,
+            arch={"arch": "resnet10", "widen_factor": 0.25},
+            random_state=0,
+            device="cpu",
+        ),
+        LogisticRegression(max_iter=100),
+    )
+    search = GridSearchCV(pipe, {"logisticregression__C": [0.1, 1.0]}, cv=2)
+    with parallel_backend("dask"):
+        search.fit(table, y)
+    assert search.best_params_["logisticregression__C"] in (0.1, 1.0)
+    assert search.predict(table).shape == (10,)
