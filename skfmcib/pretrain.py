@@ -27,6 +27,7 @@ import math
 import os
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -404,6 +405,10 @@ class SeedPairDataset(Dataset):
     body_hu : float, default=-500.0
         Voxels at or above this value count as body.
     coordinate_system : {"LPS", "RAS"}, default="LPS"
+    volume_cache : int, default=1
+        Scans kept in memory (per data-loading process), least recently used
+        first out. Raise it when the scans fit in memory: shuffled batches
+        otherwise read a scan for almost every item.
 
     Examples
     --------
@@ -425,6 +430,7 @@ class SeedPairDataset(Dataset):
         min_distance: float = 50.0,
         body_hu: float = -500.0,
         coordinate_system: str = "LPS",
+        volume_cache: int = 1,
     ) -> None:
         seeds = validate_table(table, coordinate_system)
         for pos in range(len(seeds)):
@@ -438,7 +444,8 @@ class SeedPairDataset(Dataset):
         self.min_distance = float(min_distance)
         self.body_hu = float(body_hu)
         self.epoch = 0
-        self._cache: tuple[tuple[str, str | None], Volume] | None = None
+        self.volume_cache = max(1, int(volume_cache))
+        self._cache: OrderedDict[tuple[str, str | None], Volume] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -449,9 +456,13 @@ class SeedPairDataset(Dataset):
 
     def _volume(self, i: int) -> Volume:
         key = (self.paths[i], self.series[i])
-        if self._cache is None or self._cache[0] != key:
-            self._cache = (key, read_image(*key))
-        return self._cache[1]
+        if key in self._cache:
+            self._cache.move_to_end(key)
+        else:
+            self._cache[key] = read_image(*key)
+            while len(self._cache) > self.volume_cache:
+                self._cache.popitem(last=False)
+        return self._cache[key]
 
     def negative_point(self, volume: Volume, i: int) -> np.ndarray:
         """The LPS point around which item ``i``'s negative is cut in this epoch."""
@@ -550,6 +561,7 @@ def pretrain(
     device: str = "auto",
     precision: str = "fp32",
     num_workers: int = 0,
+    volume_cache: int = 1,
     coordinate_system: str = "LPS",
     random_state: int | None = None,
     resume: bool = True,
@@ -595,6 +607,9 @@ def pretrain(
         Autocast precision of the forward pass.
     num_workers : int, default=0
         Data-loading processes (reading scans and cutting patches).
+    volume_cache : int, default=1
+        Scans each data-loading process keeps in memory (see
+        :class:`SeedPairDataset`); raise it when the scans fit in memory.
     coordinate_system : {"LPS", "RAS"}, default="LPS"
     random_state : int or None, default=None
         Seed of initialisation, shuffling, negatives and augmentations (drawn
@@ -675,6 +690,7 @@ def pretrain(
             loss=loss,
             precision=precision,
             num_workers=num_workers,
+            volume_cache=volume_cache,
             coordinate_system=coordinate_system,
             random_state=random_state,
             resume=resume,
@@ -778,7 +794,12 @@ def _pretrain(table, out, ddp, device, say, **kw) -> Path:
     else:
         model = net
 
-    dataset = SeedPairDataset(table, seed=seed, coordinate_system=kw["coordinate_system"])
+    dataset = SeedPairDataset(
+        table,
+        seed=seed,
+        coordinate_system=kw["coordinate_system"],
+        volume_cache=kw["volume_cache"],
+    )
     sampler = DistributedSampler(
         dataset, num_replicas=ddp.world_size, rank=ddp.rank, shuffle=True, seed=seed
     )

@@ -59,6 +59,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (auto)")
     g.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     g.add_argument("--num-workers", type=int, default=0, help="data-loading processes (0)")
+    g.add_argument(
+        "--volume-cache",
+        type=int,
+        default=1,
+        help="scans kept in memory per data-loading process (1)",
+    )
     g.add_argument("--coordinate-system", choices=("LPS", "RAS"), default="LPS")
     g = p.add_argument_group("run")
     g.add_argument(
@@ -112,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             precision=args.precision,
             num_workers=args.num_workers,
+            volume_cache=args.volume_cache,
             coordinate_system=args.coordinate_system,
             random_state=args.seed,
             resume=not args.restart,
