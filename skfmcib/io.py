@@ -5,18 +5,37 @@ Everything the rest of the package knows about an image passes through
 geometry (origin, spacing, direction) in LPS millimetres, the convention of
 ITK, SimpleITK and DICOM. Files are read with SimpleITK; a directory is read
 as a DICOM series.
+
+A lesion needs only the voxels around it. :func:`open_image` reads an image's
+header and returns an :class:`ImageSource` whose :meth:`~ImageSource.read_region`
+reads one box of voxels: NIfTI (``.nii``, ``.nii.gz``) and MetaImage files are
+streamed by SimpleITK, raw NRRD files are read at byte offsets, and a DICOM
+series reads every header but the pixel data of the slices in the box only.
+Other files are read whole, once.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-__all__ = ["ImageReadError", "Volume", "read_image", "read_geometry"]
+__all__ = [
+    "Geometry",
+    "ImageReadError",
+    "ImageSource",
+    "Volume",
+    "image_identity",
+    "open_image",
+    "read_geometry",
+    "read_image",
+]
 
 
 class ImageReadError(OSError):
@@ -95,6 +114,14 @@ class Volume:
     geometry: Geometry
     path: str = ""
 
+    def read_region(self, lo, hi) -> np.ndarray:
+        """The voxels of the index box ``[lo, hi)`` (``(x, y, z)`` bounds), ``(z, y, x)`` order.
+
+        The same interface as :meth:`ImageSource.read_region`, served from memory.
+        """
+        lo, hi = _check_box(self.geometry, lo, hi)
+        return self.array[lo[2] : hi[2], lo[1] : hi[1], lo[0] : hi[0]]
+
 
 def _geometry_of(image_or_reader) -> Geometry:
     return Geometry(
@@ -105,9 +132,7 @@ def _geometry_of(image_or_reader) -> Geometry:
     )
 
 
-def _dicom_series_files(directory: Path, series_uid: str | None) -> list[str]:
-    reader = sitk.ImageSeriesReader
-    uids = list(reader.GetGDCMSeriesIDs(str(directory)) or ())
+def _pick_series(directory: Path, uids: list[str], series_uid: str | None) -> str:
     if not uids:
         raise ImageReadError(f"{directory}: directory holds no DICOM series")
     if series_uid is None:
@@ -117,11 +142,18 @@ def _dicom_series_files(directory: Path, series_uid: str | None) -> list[str]:
                 f"({', '.join(uids)}); give the one to use as series_uid "
                 "(a 'series_uid' column in the table)"
             )
-        series_uid = uids[0]
-    elif series_uid not in uids:
+        return uids[0]
+    if series_uid not in uids:
         raise ImageReadError(
             f"{directory}: no DICOM series {series_uid!r}; found {', '.join(uids)}"
         )
+    return series_uid
+
+
+def _dicom_series_files(directory: Path, series_uid: str | None) -> list[str]:
+    reader = sitk.ImageSeriesReader
+    uids = list(reader.GetGDCMSeriesIDs(str(directory)) or ())
+    series_uid = _pick_series(directory, uids, series_uid)
     return list(reader.GetGDCMSeriesFileNames(str(directory), series_uid))
 
 
@@ -155,24 +187,19 @@ def read_geometry(path: str | os.PathLike, series_uid: str | None = None) -> Geo
     ------
     ImageReadError
         When the file is missing or unreadable or not a 3D scalar image.
+
+    Examples
+    --------
+    >>> import numpy as np, SimpleITK as sitk, tempfile, os
+    >>> from skfmcib.io import read_geometry
+    >>> img = sitk.GetImageFromArray(np.zeros((3, 4, 5), dtype=np.int16))
+    >>> path = os.path.join(tempfile.mkdtemp(), "ct.mha")
+    >>> sitk.WriteImage(img, path)
+    >>> read_geometry(path).size
+    (5, 4, 3)
     """
-    path = Path(path)
-    if not path.exists():
-        raise ImageReadError(f"{path}: no such file or directory")
-    if path.is_dir():
-        # The series reader gives the geometry of the whole stack; reading it is the
-        # only portable way to get the slice positions right.
-        return read_image(path, series_uid).geometry
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as exc:
-        raise ImageReadError(f"{path}: cannot read image header ({_first_line(exc)})") from exc
-    _check_3d_scalar(
-        str(path), reader.GetDimension(), reader.GetNumberOfComponents(), reader.GetSize()
-    )
-    return _geometry_of(reader)
+    with open_image(path, series_uid) as source:
+        return source.geometry
 
 
 def _first_line(exc: Exception) -> str:
@@ -235,3 +262,589 @@ def read_image(path: str | os.PathLike, series_uid: str | None = None) -> Volume
     # Keep the voxels alive independently of the SimpleITK image.
     array = np.array(array, copy=True)
     return Volume(array=array, geometry=_geometry_of(image), path=str(path))
+
+
+# --------------------------------------------------------------------------- regions
+
+
+def _check_box(geometry: Geometry, lo, hi) -> tuple[np.ndarray, np.ndarray]:
+    lo = np.asarray(lo, dtype=np.int64).reshape(3)
+    hi = np.asarray(hi, dtype=np.int64).reshape(3)
+    size = np.asarray(geometry.size, dtype=np.int64)
+    if np.any(lo < 0) or np.any(hi > size) or np.any(hi <= lo):
+        raise ValueError(
+            f"region [{lo.tolist()}, {hi.tolist()}) is empty or not inside the image of "
+            f"size {tuple(size.tolist())}"
+        )
+    return lo, hi
+
+
+class ImageSource:
+    """An image opened for reading: its geometry at once, its voxels box by box.
+
+    Made by :func:`open_image`, which picks how each format is read. Sources are
+    safe to use from several threads and hold no open file between reads.
+
+    Attributes
+    ----------
+    path : str
+        The file or DICOM directory.
+    geometry : Geometry
+        Where the voxels are, in LPS millimetres.
+    strategy : str
+        How voxels are read: ``"stream"`` (SimpleITK reads only the box),
+        ``"raw"`` (byte ranges of an uncompressed file), ``"dicom"`` (the slices the
+        box touches), or ``"whole"`` (the whole image, once, kept in memory).
+    files_read : list of str
+        Files whose voxel data were read, in the order they were read (a DICOM
+        slice read twice appears once).
+
+    Examples
+    --------
+    >>> import numpy as np, SimpleITK as sitk, tempfile, os
+    >>> from skfmcib.io import open_image
+    >>> arr = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+    >>> path = os.path.join(tempfile.mkdtemp(), "ct.nii")
+    >>> sitk.WriteImage(sitk.GetImageFromArray(arr), path)
+    >>> with open_image(path) as source:
+    ...     block = source.read_region([1, 0, 2], [3, 2, 4])  # x, y, z bounds
+    >>> block.shape, bool((block == arr[2:4, 0:2, 1:3]).all())
+    ((2, 2, 2), True)
+    """
+
+    strategy = "whole"
+
+    def __init__(self, path: str, geometry: Geometry) -> None:
+        self.path = path
+        self.geometry = geometry
+        self.files_read: list[str] = []
+        self._lock = threading.Lock()
+
+    def read_region(self, lo, hi) -> np.ndarray:
+        """Read the voxels of the index box ``[lo, hi)``.
+
+        Parameters
+        ----------
+        lo, hi : array-like of 3 ints
+            Inclusive lower and exclusive upper voxel index along ``(x, y, z)``, with
+            ``0 <= lo < hi <= size``.
+
+        Returns
+        -------
+        ndarray of shape (hi[2] - lo[2], hi[1] - lo[1], hi[0] - lo[0])
+            The voxels in SimpleITK array order, with the values a full read gives
+            (DICOM rescale slope and intercept applied).
+        """
+        lo, hi = _check_box(self.geometry, lo, hi)
+        return self._read(lo, hi)
+
+    def read(self) -> Volume:
+        """Read the whole image into a :class:`Volume`."""
+        return Volume(
+            array=np.asarray(self.read_region((0, 0, 0), self.geometry.size)),
+            geometry=self.geometry,
+            path=self.path,
+        )
+
+    def _read(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _record(self, file: str) -> None:
+        with self._lock:
+            self.files_read.append(file)
+
+    def close(self) -> None:
+        """Release what the source keeps in memory (decoded voxels)."""
+
+    def __enter__(self) -> ImageSource:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.path!r}, size={self.geometry.size})"
+
+
+class _WholeSource(ImageSource):
+    """Reads the whole image on first use and serves every box from memory."""
+
+    strategy = "whole"
+
+    def __init__(self, path: str, geometry: Geometry, series_uid: str | None = None) -> None:
+        super().__init__(path, geometry)
+        self._series_uid = series_uid
+        self._volume: Volume | None = None
+
+    def _read(self, lo, hi):
+        with self._lock:
+            if self._volume is None:
+                self._volume = read_image(self.path, self._series_uid)
+                self.files_read.append(self.path)
+            volume = self._volume
+        return volume.read_region(lo, hi)
+
+    def close(self) -> None:
+        with self._lock:
+            self._volume = None
+
+
+class _StreamSource(ImageSource):
+    """SimpleITK reads only the requested box (NIfTI and MetaImage files)."""
+
+    strategy = "stream"
+
+    def __init__(self, path: str, geometry: Geometry, io_name: str) -> None:
+        super().__init__(path, geometry)
+        self._io_name = io_name
+
+    def _read(self, lo, hi):
+        reader = sitk.ImageFileReader()
+        reader.SetImageIO(self._io_name)
+        reader.SetFileName(self.path)
+        reader.SetExtractIndex([int(v) for v in lo])
+        reader.SetExtractSize([int(v) for v in hi - lo])
+        try:
+            image = reader.Execute()
+        except RuntimeError as exc:
+            raise ImageReadError(f"{self.path}: cannot read image ({_first_line(exc)})") from exc
+        self._record(self.path)
+        return sitk.GetArrayFromImage(image)
+
+
+class _RawSource(ImageSource):
+    """Reads byte ranges of an uncompressed voxel block (raw NRRD)."""
+
+    strategy = "raw"
+
+    def __init__(self, path: str, geometry: Geometry, dtype: np.dtype, offset: int) -> None:
+        super().__init__(path, geometry)
+        self._dtype = dtype
+        self._offset = offset
+
+    def _read(self, lo, hi):
+        nx, ny, _ = self.geometry.size
+        item = self._dtype.itemsize
+        rows = int(hi[1] - lo[1])
+        out = np.empty((int(hi[2] - lo[2]), rows, int(hi[0] - lo[0])), dtype=self._dtype)
+        with open(self.path, "rb", buffering=0) as f:
+            for k, z in enumerate(range(int(lo[2]), int(hi[2]))):
+                f.seek(self._offset + (z * ny + int(lo[1])) * nx * item)
+                buf = bytearray(rows * nx * item)
+                if f.readinto(buf) != len(buf):
+                    raise ImageReadError(f"{self.path}: file is shorter than its header says")
+                block = np.frombuffer(buf, dtype=self._dtype).reshape(rows, nx)
+                out[k] = block[:, lo[0] : hi[0]]
+        self._record(self.path)
+        return out.astype(self._dtype.newbyteorder("="), copy=False)
+
+
+_NRRD_TYPES = {
+    np.dtype(np.int8): ("signed char", "int8", "int8_t"),
+    np.dtype(np.uint8): ("uchar", "unsigned char", "uint8", "uint8_t"),
+    np.dtype(np.int16): (
+        "short", "short int", "signed short", "signed short int", "int16", "int16_t",
+    ),
+    np.dtype(np.uint16): ("ushort", "unsigned short", "unsigned short int", "uint16", "uint16_t"),
+    np.dtype(np.int32): ("int", "signed int", "int32", "int32_t"),
+    np.dtype(np.uint32): ("uint", "unsigned int", "uint32", "uint32_t"),
+    np.dtype(np.int64): (
+        "longlong", "long long", "long long int", "signed long long",
+        "signed long long int", "int64", "int64_t",
+    ),
+    np.dtype(np.uint64): (
+        "ulonglong", "unsigned long long", "unsigned long long int", "uint64", "uint64_t",
+    ),
+    np.dtype(np.float32): ("float",),
+    np.dtype(np.float64): ("double",),
+}  # fmt: skip
+_NRRD_TYPE_OF = {name: dtype for dtype, names in _NRRD_TYPES.items() for name in names}
+
+
+def _raw_nrrd_layout(path: str, size: tuple[int, int, int]) -> tuple[np.dtype, int] | None:
+    """Data type and byte offset of an attached, uncompressed NRRD voxel block, else None."""
+    fields: dict[str, str] = {}
+    with open(path, "rb") as f:
+        if not f.readline(64).startswith(b"NRRD"):
+            return None
+        while True:
+            line = f.readline(65536)
+            if not line:
+                return None  # no data after the header
+            text = line.decode("latin-1").rstrip("\r\n")
+            if not text:
+                break
+            if text.startswith("#") or ":=" in text or ": " not in text:
+                continue
+            key, value = text.split(": ", 1)
+            fields[key.strip().lower()] = value.strip()
+        offset = f.tell()
+    if fields.get("encoding", "").lower() != "raw":
+        return None
+    if any(k in fields for k in ("data file", "datafile")):
+        return None
+    for key in ("line skip", "lineskip", "byte skip", "byteskip"):
+        if fields.get(key, "0") != "0":
+            return None
+    try:
+        sizes = tuple(int(s) for s in fields.get("sizes", "").split())
+    except ValueError:
+        return None
+    dtype = _NRRD_TYPE_OF.get(fields.get("type", "").lower())
+    if dtype is None or sizes != tuple(size):
+        return None
+    if dtype.itemsize > 1:
+        endian = fields.get("endian", "").lower()
+        if endian not in ("little", "big"):
+            return None
+        dtype = dtype.newbyteorder("<" if endian == "little" else ">")
+    if os.path.getsize(path) < offset + math.prod(sizes) * dtype.itemsize:
+        return None
+    return dtype, offset
+
+
+# ----------------------------------------------------------------------------- DICOM
+
+_DICOM_TAGS = [
+    "SeriesInstanceUID",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "PixelSpacing",
+    "Rows",
+    "Columns",
+    "SamplesPerPixel",
+    "NumberOfFrames",
+    "RescaleSlope",
+    "RescaleIntercept",
+]
+# Slices decoded and kept per series, so that nearby lesions share them.
+_DICOM_CACHE_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class _DicomSlice:
+    file: str
+    position: np.ndarray
+    slope: float
+    intercept: float
+
+
+def _dicom_headers(directory: Path) -> dict[str, list[tuple[str, object]]]:
+    """Headers of the DICOM files directly in ``directory``, grouped by SeriesInstanceUID."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    series: dict[str, list[tuple[str, object]]] = {}
+    with os.scandir(directory) as it:
+        entries = sorted((e for e in it if e.is_file()), key=lambda e: e.name)
+    for entry in entries:
+        try:
+            ds = pydicom.dcmread(entry.path, stop_before_pixels=True, specific_tags=_DICOM_TAGS)
+        except (InvalidDicomError, OSError, ValueError, EOFError):
+            continue
+        series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((entry.path, ds))
+    return series
+
+
+def _float_list(value, n: int) -> np.ndarray | None:
+    try:
+        out = np.asarray([float(v) for v in value], dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    return out if out.shape == (n,) and np.all(np.isfinite(out)) else None
+
+
+def _dicom_series_layout(
+    headers: list[tuple[str, object]],
+) -> tuple[Geometry, list[_DicomSlice]] | None:
+    """Sorted slices and the geometry SimpleITK's series reader gives them; None when the
+    series is one that only SimpleITK should read (multi-frame, mixed sizes or
+    orientations, missing positions, coincident slices)."""
+    if len(headers) < 2:
+        return None
+    first = headers[0][1]
+    iop = _float_list(first.get("ImageOrientationPatient"), 6)
+    spacing = _float_list(first.get("PixelSpacing"), 2)
+    rows, cols = first.get("Rows"), first.get("Columns")
+    if iop is None or spacing is None or not rows or not cols:
+        return None
+    slices = []
+    for file, ds in headers:
+        if (
+            int(ds.get("SamplesPerPixel", 1) or 1) != 1
+            or int(ds.get("NumberOfFrames", 1) or 1) != 1
+        ):
+            return None
+        if ds.get("Rows") != rows or ds.get("Columns") != cols:
+            return None
+        other_iop = _float_list(ds.get("ImageOrientationPatient"), 6)
+        other_spacing = _float_list(ds.get("PixelSpacing"), 2)
+        position = _float_list(ds.get("ImagePositionPatient"), 3)
+        if (
+            position is None
+            or other_iop is None
+            or other_spacing is None
+            or not np.allclose(other_iop, iop, rtol=0, atol=1e-6)
+            or not np.allclose(other_spacing, spacing, rtol=0, atol=1e-6)
+        ):
+            return None
+        try:
+            slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+            intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+        except (TypeError, ValueError):
+            return None
+        slices.append(_DicomSlice(file, position, slope, intercept))
+    # GDCM orders slices by their distance along the normal of the first file's plane.
+    row, col = iop[:3], iop[3:]
+    normal = _cross(row, col)
+    distance = np.array([normal @ s.position for s in slices])
+    if len(np.unique(distance)) != len(distance):
+        return None
+    slices = [slices[i] for i in np.argsort(distance, kind="stable")]
+    # Direction as ITK's GDCM image IO makes it (orthogonalised, in its order of
+    # operations), spacing along the stack as ITK's series reader computes it: first to
+    # last position over the slice count.
+    normal = _normalized(normal)
+    row = _normalized(_cross(col, normal))
+    col = _cross(normal, row)
+    span = _norm(slices[-1].position - slices[0].position)
+    dz = span / (len(slices) - 1) if span != 0 else 1.0
+    geometry = Geometry(
+        size=(int(cols), int(rows), len(slices)),
+        origin=slices[0].position.copy(),
+        spacing=np.array([spacing[1], spacing[0], dz]),
+        direction=np.column_stack([row, col, normal]),
+    )
+    return geometry, slices
+
+
+def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.array(
+        [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]]
+    )
+
+
+def _norm(v: np.ndarray) -> float:
+    return math.sqrt(float(v[0]) * v[0] + float(v[1]) * v[1] + float(v[2]) * v[2])
+
+
+def _normalized(v: np.ndarray) -> np.ndarray:
+    # As vnl does it: multiply by the reciprocal of the norm.
+    return v * (1.0 / _norm(v))
+
+
+def _rescaled(raw: np.ndarray, slope: float, intercept: float) -> np.ndarray:
+    if slope == 1.0 and intercept == 0.0:
+        return raw
+    if float(slope).is_integer() and float(intercept).is_integer():
+        wide = np.int32 if raw.dtype.itemsize <= 2 else np.int64
+        return raw.astype(wide) * wide(slope) + wide(intercept)
+    return raw.astype(np.float64) * slope + intercept
+
+
+class _DicomSource(ImageSource):
+    """A DICOM series: headers read once, pixel data of the slices a box touches."""
+
+    strategy = "dicom"
+
+    def __init__(self, path: str, geometry: Geometry, slices: list[_DicomSlice]) -> None:
+        super().__init__(path, geometry)
+        self._slices = slices
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._cached_bytes = 0
+
+    def _slice(self, k: int) -> np.ndarray:
+        with self._lock:
+            hit = self._cache.get(k)
+            if hit is not None:
+                self._cache.move_to_end(k)
+                return hit
+        info = self._slices[k]
+        pixels = _dicom_pixels(info, self.geometry.size[1], self.geometry.size[0])
+        with self._lock:
+            self.files_read.append(info.file)
+            if k not in self._cache:
+                self._cache[k] = pixels
+                self._cached_bytes += pixels.nbytes
+            while self._cached_bytes > _DICOM_CACHE_BYTES and len(self._cache) > 1:
+                _, old = self._cache.popitem(last=False)
+                self._cached_bytes -= old.nbytes
+        return pixels
+
+    def _read(self, lo, hi):
+        planes = [
+            self._slice(z)[lo[1] : hi[1], lo[0] : hi[0]] for z in range(int(lo[2]), int(hi[2]))
+        ]
+        return np.stack(planes)
+
+    def close(self) -> None:
+        with self._lock:
+            self._cache.clear()
+            self._cached_bytes = 0
+
+
+def _dicom_pixels(info: _DicomSlice, rows: int, cols: int) -> np.ndarray:
+    """One slice's rescaled pixels, read with pydicom, or with SimpleITK (GDCM) for
+    transfer syntaxes pydicom cannot decode here."""
+    import pydicom
+
+    try:
+        raw = pydicom.dcmread(info.file).pixel_array
+    except Exception:  # noqa: BLE001 - any decoder problem: let GDCM try
+        raw = None
+    if raw is not None and raw.shape == (rows, cols):
+        return _rescaled(raw, info.slope, info.intercept)
+    try:
+        image = sitk.ReadImage(info.file)  # GDCM applies the rescale itself
+    except RuntimeError as exc:
+        raise ImageReadError(
+            f"{info.file}: cannot read DICOM pixels ({_first_line(exc)})"
+        ) from exc
+    return sitk.GetArrayFromImage(image).reshape(rows, cols)
+
+
+# ------------------------------------------------------------------------- opening
+
+
+def open_image(path: str | os.PathLike, series_uid: str | None = None) -> ImageSource:
+    """Open an image for reading regions: its header now, voxels on demand.
+
+    Parameters
+    ----------
+    path : str or path-like
+        An image file SimpleITK reads or a directory holding a DICOM series.
+    series_uid : str, optional
+        SeriesInstanceUID to read when a directory holds several series.
+
+    Returns
+    -------
+    ImageSource
+        Its :meth:`~ImageSource.read_region` reads the least the format allows:
+        a box of an uncompressed or gzipped NIfTI or a MetaImage (SimpleITK
+        streaming), byte ranges of a raw NRRD, the pixel data of the slices a box
+        touches in a DICOM series (headers read with pydicom; a series pydicom cannot
+        describe exactly as SimpleITK does is read whole by SimpleITK). Any other
+        file is read whole on first use and kept until :meth:`~ImageSource.close`.
+        The values are those :func:`read_image` gives.
+
+    Raises
+    ------
+    ImageReadError
+        Missing or unreadable file, a directory with no or several DICOM series, or an
+        image that is not 3D with one component per voxel.
+
+    Examples
+    --------
+    >>> import numpy as np, SimpleITK as sitk, tempfile, os
+    >>> from skfmcib.io import open_image, read_image
+    >>> arr = np.random.default_rng(0).integers(-1000, 1000, (20, 30, 40)).astype(np.int16)
+    >>> path = os.path.join(tempfile.mkdtemp(), "ct.nrrd")
+    >>> sitk.WriteImage(sitk.GetImageFromArray(arr), path)
+    >>> source = open_image(path)
+    >>> source.strategy, source.geometry.size
+    ('raw', (40, 30, 20))
+    >>> part = source.read_region([5, 6, 7], [15, 16, 17])
+    >>> bool((part == read_image(path).array[7:17, 6:16, 5:15]).all())
+    True
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageReadError(f"{path}: no such file or directory")
+    if path.is_dir():
+        return _open_dicom_directory(path, series_uid)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise ImageReadError(f"{path}: cannot read image header ({_first_line(exc)})") from exc
+    _check_3d_scalar(
+        str(path), reader.GetDimension(), reader.GetNumberOfComponents(), reader.GetSize()
+    )
+    geometry = _geometry_of(reader)
+    io_name = reader.GetImageIOFromFileName(str(path))
+    if io_name == "NrrdImageIO":
+        layout = _raw_nrrd_layout(str(path), geometry.size)
+        if layout is not None:
+            return _RawSource(str(path), geometry, *layout)
+    elif io_name in ("NiftiImageIO", "MetaImageIO"):
+        return _StreamSource(str(path), geometry, io_name)
+    return _WholeSource(str(path), geometry)
+
+
+def _open_dicom_directory(path: Path, series_uid: str | None) -> ImageSource:
+    series = _dicom_headers(path)
+    layout = None
+    if series:
+        uid = _pick_series(path, sorted(series), series_uid)
+        layout = _dicom_series_layout(series[uid])
+    if layout is None:
+        # Not a series pydicom describes as SimpleITK does (or no DICOM pydicom reads):
+        # SimpleITK reads it, whole, and reports any problem.
+        volume = read_image(path, series_uid)
+        source = _WholeSource(str(path), volume.geometry, series_uid)
+        source._volume = volume
+        return source
+    return _DicomSource(str(path), *layout)
+
+
+# ------------------------------------------------------------------------ identity
+
+_HEADER_SUFFIXES = (".mhd", ".hdr", ".nhdr")
+
+
+def _stat_key(path: str) -> tuple:
+    st = os.stat(path)
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def _data_files(path: Path) -> list[Path]:
+    """Files beside a header-only image file that hold its voxels."""
+    if not path.name.lower().endswith(_HEADER_SUFFIXES):
+        return []
+    stem = path.name.split(".")[0]
+    return sorted(p for p in path.parent.glob(stem + ".*") if p != path and p.is_file())
+
+
+def image_identity(path: str | os.PathLike, series_uid: str | None = None) -> tuple | None:
+    """What identifies an image's current content without reading it, for caches.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Image file or DICOM directory.
+    series_uid : str, optional
+        The series picked in a DICOM directory.
+
+    Returns
+    -------
+    tuple or None
+        The absolute path and, for the file (with the data file of a header-only
+        format such as ``.mhd``) or every file of a directory: size, modification
+        and status-change times (ns) and inode. Rewriting, replacing or touching a
+        file changes it. None when the path does not exist.
+
+    Examples
+    --------
+    >>> import tempfile, os, pathlib
+    >>> from skfmcib.io import image_identity
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "ct.nii.gz"
+    >>> _ = p.write_bytes(b"1")
+    >>> before = image_identity(p)
+    >>> _ = p.write_bytes(b"22")
+    >>> before == image_identity(p)
+    False
+    """
+    p = Path(path).expanduser().absolute()
+    try:
+        if p.is_dir():
+            with os.scandir(p) as it:
+                files = sorted((e.name, e.path) for e in it if e.is_file())
+            return (str(p), series_uid, tuple((name, _stat_key(f)) for name, f in files))
+        return (
+            str(p),
+            _stat_key(str(p)),
+            tuple((d.name, _stat_key(str(d))) for d in _data_files(p)),
+        )
+    except FileNotFoundError:
+        return None

@@ -11,14 +11,18 @@ lies outside the scan is -1024 HU (0.0 after normalisation).
 
 from __future__ import annotations
 
+import contextlib
+import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
 
-from .io import Geometry, ImageReadError, Volume, read_image
+from ._pipeline import prefetch
+from .io import Geometry, ImageReadError, Volume, open_image
 from .table import RowError, row_problem, validate_table
 
 __all__ = [
@@ -154,11 +158,20 @@ def patch_grid(geometry: Geometry, seed_lps: np.ndarray) -> PatchGrid:
     return PatchGrid(start=grid.first + lo, inside=inside)
 
 
-def _sample_normalized(volume: Volume, start: np.ndarray) -> np.ndarray:
+class _Voxels(Protocol):
+    """What sampling reads: a :class:`~skfmcib.io.Volume` or :class:`~skfmcib.io.ImageSource`."""
+
+    geometry: Geometry
+
+    def read_region(self, lo, hi) -> np.ndarray: ...
+
+
+def _sample_normalized(volume: _Voxels, start: np.ndarray) -> np.ndarray:
     """Sample ``volume`` normalised, on the 1 mm LPS grid from ``start``; (z, y, x) output.
 
     As in the reference, intensities are normalised first and the image is surrounded
-    by 0.0 (-1024 HU), then interpolated trilinearly.
+    by 0.0 (-1024 HU), then interpolated trilinearly. Only the block of voxels the
+    samples touch is read from ``volume``.
     """
     geom = volume.geometry
     inv = np.linalg.inv(geom.index_to_physical)  # LPS offset -> (x, y, z) index
@@ -181,9 +194,7 @@ def _sample_normalized(volume: Volume, start: np.ndarray) -> np.ndarray:
     lo = np.clip(floor.reshape(-1, 3).min(0), 0, size - 1)
     hi = np.clip(floor.reshape(-1, 3).max(0) + 2, 1, size)
     block = np.zeros(tuple((hi - lo + 2)[::-1]), dtype=np.float64)
-    block[1:-1, 1:-1, 1:-1] = normalize_hu(
-        volume.array[lo[2] : hi[2], lo[1] : hi[1], lo[0] : hi[0]]
-    )
+    block[1:-1, 1:-1, 1:-1] = normalize_hu(volume.read_region(lo, hi))
     # Neighbour indices in the block; everything beyond the image lands on the fill.
     local = floor - lo + 1  # (..., 3) in x, y, z
     shape = block.shape  # (z, y, x)
@@ -202,13 +213,15 @@ def _sample_normalized(volume: Volume, start: np.ndarray) -> np.ndarray:
     return out
 
 
-def extract_patch(volume: Volume, seed_lps: np.ndarray) -> np.ndarray:
+def extract_patch(volume: Volume | _Voxels, seed_lps: np.ndarray) -> np.ndarray:
     """Extract the reference's normalised 50^3 patch around a seed.
 
     Parameters
     ----------
-    volume : Volume
-        The CT, in Hounsfield units.
+    volume : Volume or ImageSource
+        The CT, in Hounsfield units: in memory (:func:`~skfmcib.io.read_image`) or
+        opened for region reads (:func:`~skfmcib.io.open_image`), which reads only the
+        voxels the patch needs.
     seed_lps : array-like of shape (3,)
         Seed point in LPS millimetres.
 
@@ -233,15 +246,111 @@ def extract_patch(volume: Volume, seed_lps: np.ndarray) -> np.ndarray:
     return _sample_normalized(volume, grid.start).astype(np.float32)
 
 
+def resolve_n_jobs(n_jobs: int | None) -> int:
+    """Number of background reading threads for an ``n_jobs`` setting.
+
+    ``None`` gives one thread per two CPU cores, between 1 and 4: reading and patch
+    extraction then overlap with encoding while the encoder keeps most cores. A
+    negative value counts back from the number of cores (``-1``: one per core);
+    ``0`` reads in the calling thread.
+
+    Parameters
+    ----------
+    n_jobs : int or None
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    ValueError
+        When ``n_jobs`` is not None or an integer.
+
+    Examples
+    --------
+    >>> from skfmcib.patches import resolve_n_jobs
+    >>> resolve_n_jobs(3), resolve_n_jobs(0)
+    (3, 0)
+    """
+    cores = os.cpu_count() or 1
+    if n_jobs is None:
+        return max(1, min(4, cores // 2))
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)):
+        raise ValueError(f"n_jobs must be None or an integer, got {n_jobs!r}")
+    if n_jobs < 0:
+        return max(1, cores + 1 + int(n_jobs))
+    return int(n_jobs)
+
+
+@dataclass(frozen=True)
+class _ImageJob:
+    """The rows of a lesion table that share one image."""
+
+    path: str
+    series_uid: str | None
+    rows: list[tuple[int, object, np.ndarray]]  # position, label, LPS seed
+
+    def __call__(self) -> Iterator[tuple[int, np.ndarray | RowError]]:
+        return _image_patches(self)
+
+
+def _image_jobs(
+    seeds: pd.DataFrame,
+) -> tuple[list[tuple[int, RowError]], list[_ImageJob]]:
+    """Split a validated table into rows that are wrong already and one job per image."""
+    labels = seeds.index
+    keys = list(zip(seeds["image_path"], seeds["series_uid"], strict=True))
+    coords = seeds[["x", "y", "z"]].to_numpy(dtype=np.float64)
+    groups: dict[tuple, list[int]] = {}
+    for pos, key in enumerate(keys):
+        groups.setdefault(key, []).append(pos)
+    errors, jobs = [], []
+    for (path, series_uid), positions in groups.items():
+        rows = []
+        for pos in positions:
+            problem = row_problem(seeds.iloc[pos])
+            if problem:
+                errors.append((pos, RowError(labels[pos], path, problem)))
+            else:
+                rows.append((pos, labels[pos], coords[pos]))
+        if rows:
+            jobs.append(_ImageJob(path, series_uid, rows))
+    return errors, jobs
+
+
+def _image_patches(job: _ImageJob) -> Iterator[tuple[int, np.ndarray | RowError]]:
+    path = job.path
+    try:
+        source = open_image(path, job.series_uid)
+    except ImageReadError as exc:
+        for pos, label, _ in job.rows:
+            yield pos, RowError(label, path, str(exc).removeprefix(f"{path}: "))
+        return
+    with source:
+        for pos, label, seed in job.rows:
+            problem = _seed_problem(source.geometry, seed)
+            if problem:
+                yield pos, RowError(label, path, problem)
+                continue
+            try:
+                patch = extract_patch(source, seed)
+            except ImageReadError as exc:
+                yield pos, RowError(label, path, str(exc).removeprefix(f"{path}: "))
+            else:
+                yield pos, patch
+
+
 def iter_patches(
-    table: pd.DataFrame, coordinate_system: str = "LPS"
+    table: pd.DataFrame, coordinate_system: str = "LPS", n_jobs: int | None = 0
 ) -> Iterator[tuple[int, np.ndarray | RowError]]:
     """Yield ``(position, patch or RowError)`` for every row of a lesion table.
 
-    Rows are grouped by image so that each image is read once, whatever the rows'
-    order; positions say where each result belongs. A row that cannot be processed
-    yields a :class:`~skfmcib.table.RowError` naming the row, the file and the problem
-    instead of a patch.
+    Rows are grouped by image so that each image is opened once, whatever the rows'
+    order; positions say where each result belongs. Only the voxels around each seed
+    are read where the format allows it (see :func:`skfmcib.io.open_image`). A row
+    that cannot be processed yields a :class:`~skfmcib.table.RowError` naming the row,
+    the file and the problem instead of a patch.
 
     Parameters
     ----------
@@ -249,6 +358,10 @@ def iter_patches(
         Lesion table (see :func:`skfmcib.table.validate_table`).
     coordinate_system : {"LPS", "RAS"}, default="LPS"
         Convention of the table's coordinates.
+    n_jobs : int or None, default=0
+        Threads that read images and extract patches ahead of the consumer (see
+        :func:`resolve_n_jobs`); 0 does the work in the calling thread. The results and
+        their order do not depend on it.
 
     Yields
     ------
@@ -256,36 +369,24 @@ def iter_patches(
         0-based position of the row in ``table``.
     patch : ndarray of shape (50, 50, 50) or RowError
         The normalised patch, or what went wrong.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd, SimpleITK as sitk, tempfile, os
+    >>> from skfmcib.patches import iter_patches
+    >>> img = sitk.GetImageFromArray(np.full((60, 60, 60), 40, dtype=np.int16))
+    >>> path = os.path.join(tempfile.mkdtemp(), "ct.nii")
+    >>> sitk.WriteImage(img, path)
+    >>> table = pd.DataFrame({"image_path": [path, "absent.nii", path],
+    ...                       "coordX": [30.0, 0, 20], "coordY": [30.0, 0, 25],
+    ...                       "coordZ": [30.0, 0, 35]})
+    >>> [(pos, type(p).__name__) for pos, p in iter_patches(table, n_jobs=2)]
+    [(0, 'ndarray'), (2, 'ndarray'), (1, 'RowError')]
     """
     seeds = validate_table(table, coordinate_system)
-    labels = seeds.index
-    keys = list(zip(seeds["image_path"], seeds["series_uid"], strict=True))
-    groups: dict[tuple, list[int]] = {}
-    for pos, key in enumerate(keys):
-        groups.setdefault(key, []).append(pos)
-    for (path, series_uid), positions in groups.items():
-        pending = []
-        for pos in positions:
-            problem = row_problem(seeds.iloc[pos])
-            if problem:
-                yield pos, RowError(labels[pos], path, problem)
-            else:
-                pending.append(pos)
-        if not pending:
-            continue
-        try:
-            volume = read_image(path, series_uid)
-        except ImageReadError as exc:
-            for pos in pending:
-                yield pos, RowError(labels[pos], path, str(exc).removeprefix(f"{path}: "))
-            continue
-        for pos in pending:
-            seed = seeds.iloc[pos][["x", "y", "z"]].to_numpy(dtype=np.float64)
-            problem = _seed_problem(volume.geometry, seed)
-            if problem:
-                yield pos, RowError(labels[pos], path, problem)
-            else:
-                yield pos, extract_patch(volume, seed)
+    errors, jobs = _image_jobs(seeds)
+    yield from errors
+    yield from prefetch(jobs, resolve_n_jobs(n_jobs))
 
 
 def _seed_problem(geometry: Geometry, seed: np.ndarray) -> str:
@@ -303,12 +404,17 @@ def _seed_problem(geometry: Geometry, seed: np.ndarray) -> str:
 
 
 def load_patches(
-    X: pd.DataFrame, *, coordinate_system: str = "LPS", on_error: str = "raise"
+    X: pd.DataFrame,
+    *,
+    coordinate_system: str = "LPS",
+    on_error: str = "raise",
+    n_jobs: int | None = None,
 ) -> np.ndarray:
     """Read the reference's preprocessed patches for a table of lesions.
 
-    Each image is read once, and only the 50^3 samples around each seed are
-    computed: the whole volume is never resampled.
+    Each image is opened once, only the voxels around each seed are read where the
+    format allows it, and only the 50^3 samples around each seed are computed: the
+    whole volume is never resampled.
 
     Parameters
     ----------
@@ -320,6 +426,8 @@ def load_patches(
     on_error : {"raise", "nan"}, default="raise"
         What a bad row does: raise a :class:`~skfmcib.table.RowError`, or become a
         patch of NaN with a warning naming the row and file.
+    n_jobs : int or None, default=None
+        Threads reading images in parallel (see :func:`resolve_n_jobs`).
 
     Returns
     -------
@@ -341,14 +449,15 @@ def load_patches(
     if on_error not in ("raise", "nan"):
         raise ValueError(f"on_error must be 'raise' or 'nan', got {on_error!r}")
     out = np.empty((len(X), 1, PATCH_SIZE, PATCH_SIZE, PATCH_SIZE), dtype=np.float32)
-    for pos, patch in iter_patches(X, coordinate_system):
-        if isinstance(patch, RowError):
-            if on_error == "raise":
-                raise patch
-            warnings.warn(f"{patch}; its patch is NaN", RowWarning, stacklevel=2)
-            out[pos] = np.nan
-        else:
-            out[pos, 0] = patch
+    with contextlib.closing(iter_patches(X, coordinate_system, n_jobs=n_jobs)) as results:
+        for pos, patch in results:
+            if isinstance(patch, RowError):
+                if on_error == "raise":
+                    raise patch
+                warnings.warn(f"{patch}; its patch is NaN", RowWarning, stacklevel=2)
+                out[pos] = np.nan
+            else:
+                out[pos, 0] = patch
     return out
 
 

@@ -229,8 +229,8 @@ def test_each_image_is_read_once_whatever_the_row_order(tmp_path, monkeypatch):
         ignore_index=True,
     )
     calls = []
-    real = patches_mod.read_image
-    monkeypatch.setattr(patches_mod, "read_image", lambda *a: calls.append(a) or real(*a))
+    real = patches_mod.open_image
+    monkeypatch.setattr(patches_mod, "open_image", lambda *a: calls.append(a) or real(*a))
     grouped = load_patches(table)
     assert sorted(str(c[0]) for c in calls) == [str(a), str(b)]
     one_by_one = np.concatenate([load_patches(table.iloc[[i]]) for i in range(4)])

@@ -1,0 +1,95 @@
+"""Ordered prefetching: run per-image work in background threads, consume in order."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+T = TypeVar("T")
+
+_END = object()
+
+
+class _Failure:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+def prefetch(
+    tasks: Iterable[Callable[[], Iterable[T]]], n_threads: int, buffer: int = 8
+) -> Iterator[T]:
+    """Yield the items of each task's iterable, in task order, computed ahead in threads.
+
+    Parameters
+    ----------
+    tasks : iterable of callables
+        Each returns an iterable (typically a generator over one image's lesions).
+    n_threads : int
+        Background threads. 0 runs every task in the calling thread, when its items
+        are asked for.
+    buffer : int, default=8
+        Items a task may compute ahead of the consumer; with ``n_threads + 1`` tasks
+        in flight this bounds the memory held.
+
+    Yields
+    ------
+    Items of the tasks, in order. An exception raised by a task is raised here, in
+    the consumer, when its turn comes. Closing the generator stops the threads.
+    """
+    if n_threads <= 0:
+        for task in tasks:
+            yield from task()
+        return
+    stop = threading.Event()
+    pending: deque[queue.Queue] = deque()
+    todo = iter(tasks)
+
+    def put(q: queue.Queue, item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run(task: Callable[[], Iterable[T]], q: queue.Queue) -> None:
+        if stop.is_set():
+            return
+        try:
+            for item in task():
+                if not put(q, item):
+                    return
+        except BaseException as exc:  # handed to the consumer
+            put(q, _Failure(exc))
+            return
+        put(q, _END)
+
+    executor = ThreadPoolExecutor(max(1, n_threads), thread_name_prefix="skfmcib-read")
+
+    def submit() -> None:
+        task = next(todo, None)
+        if task is not None:
+            q: queue.Queue = queue.Queue(maxsize=max(1, buffer))
+            executor.submit(run, task, q)
+            pending.append(q)
+
+    try:
+        for _ in range(n_threads + 1):
+            submit()
+        while pending:
+            item = pending[0].get()
+            if item is _END:
+                pending.popleft()
+                submit()
+            elif isinstance(item, _Failure):
+                raise item.exc
+            else:
+                yield item
+    finally:
+        stop.set()
+        executor.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,325 @@
+"""Region reads: every format's fast path gives exactly what a full read gives."""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+import SimpleITK as sitk
+from conftest import write_dicom_series, write_image
+
+from skfmcib import load_patches
+from skfmcib.io import Volume, image_identity, open_image, read_geometry, read_image
+from skfmcib.patches import extract_patch
+
+
+def _rotation(degrees_xyz) -> np.ndarray:
+    r = np.eye(3)
+    for axis, deg in enumerate(degrees_xyz):
+        a = np.deg2rad(deg)
+        c, s = np.cos(a), np.sin(a)
+        i, j = [k for k in range(3) if k != axis]
+        m = np.eye(3)
+        m[i, i], m[i, j], m[j, i], m[j, j] = c, -s, s, c
+        r = m @ r
+    return r
+
+
+OBLIQUE = _rotation((12.0, -7.0, 25.0))
+
+
+def _noise(shape, seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(-1024, 2000, size=shape).astype(np.int16)
+
+
+def _boxes(size, n=6, seed=1):
+    rng = np.random.default_rng(seed)
+    size = np.asarray(size)
+    yield np.zeros(3, int), size  # the whole image
+    yield size - 1, size  # the last voxel
+    for _ in range(n):
+        lo = rng.integers(0, size - 1)
+        hi = np.minimum(size, lo + rng.integers(1, size // 2 + 2))
+        yield lo, hi
+
+
+def _assert_same_geometry(a, b):
+    assert a.size == b.size
+    for name in ("origin", "spacing", "direction"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+
+
+def _assert_regions_equal_full_read(path, series_uid=None):
+    full = read_image(path, series_uid)
+    with open_image(path, series_uid) as source:
+        _assert_same_geometry(source.geometry, full.geometry)
+        for lo, hi in _boxes(full.geometry.size):
+            got = source.read_region(lo, hi)
+            want = full.array[lo[2] : hi[2], lo[1] : hi[1], lo[0] : hi[0]]
+            assert got.shape == want.shape
+            np.testing.assert_array_equal(got, want, err_msg=f"{path} box {lo}-{hi}")
+        return source.strategy
+
+
+# --- files -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, strategy",
+    [
+        ("ct.nii", "stream"),
+        ("ct.nii.gz", "stream"),
+        ("ct.mha", "stream"),
+        ("ct.mhd", "stream"),
+        ("ct.nrrd", "raw"),
+    ],
+)
+@pytest.mark.parametrize("direction", [np.eye(3), OBLIQUE], ids=["axial", "oblique"])
+def test_file_regions_equal_full_reads(tmp_path, name, strategy, direction):
+    path = write_image(
+        tmp_path / name,
+        _noise((23, 31, 37)),
+        spacing=(0.7, 0.8, 1.25),
+        origin=(-50.0, 20.0, 7.5),
+        direction=direction,
+    )
+    assert _assert_regions_equal_full_read(path) == strategy
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.float32, np.float64])
+def test_raw_nrrd_of_other_types_and_big_endian(tmp_path, dtype):
+    arr = (np.random.default_rng(3).random((9, 11, 13)) * 200).astype(dtype)
+    path = write_image(tmp_path / "ct.nrrd", arr)
+    assert _assert_regions_equal_full_read(path) == "raw"
+    # The same voxels stored big-endian, header written by hand.
+    big = tmp_path / "big.nrrd"
+    kind = {np.uint8: "uchar", np.int32: "int", np.float32: "float", np.float64: "double"}
+    header = (
+        f"NRRD0004\ntype: {kind[dtype]}\ndimension: 3\nsizes: 13 11 9\n"
+        "endian: big\nencoding: raw\nspace: left-posterior-superior\n"
+        "space directions: (1,0,0) (0,1,0) (0,0,1)\nspace origin: (0,0,0)\n\n"
+    )
+    big.write_bytes(header.encode() + arr.astype(np.dtype(dtype).newbyteorder(">")).tobytes())
+    with open_image(big) as source:
+        assert source.strategy == "raw"
+        np.testing.assert_array_equal(source.read_region((0, 0, 0), (13, 11, 9)), arr)
+
+
+def test_compressed_nrrd_is_read_whole_once(tmp_path):
+    hu = _noise((12, 14, 16))
+    path = tmp_path / "ct.nrrd"
+    img = sitk.GetImageFromArray(hu)
+    sitk.WriteImage(img, str(path), useCompression=True)
+    assert _assert_regions_equal_full_read(path) == "whole"
+    with open_image(path) as source:
+        source.read_region((0, 0, 0), (4, 4, 4))
+        source.read_region((5, 5, 5), (9, 9, 9))
+        assert source.files_read == [str(path)]
+
+
+def test_nifti_scaling_is_applied_like_simpleitk(tmp_path):
+    path = write_image(tmp_path / "scaled.nii", _noise((10, 12, 14)))
+    raw = bytearray(path.read_bytes())
+    raw[112:120] = struct.pack("<ff", 0.5, -1000.25)  # scl_slope, scl_inter
+    path.write_bytes(bytes(raw))
+    assert read_image(path).array.dtype.kind == "f"
+    assert _assert_regions_equal_full_read(path) == "stream"
+
+
+def test_region_bounds_are_checked(tmp_path):
+    path = write_image(tmp_path / "ct.nii", _noise((5, 6, 7)))
+    with open_image(path) as source:
+        for lo, hi in [((-1, 0, 0), (2, 2, 2)), ((0, 0, 0), (8, 6, 5)), ((3, 3, 3), (3, 4, 4))]:
+            with pytest.raises(ValueError, match="region"):
+                source.read_region(lo, hi)
+    volume = read_image(path)
+    np.testing.assert_array_equal(
+        volume.read_region((1, 2, 3), (4, 5, 5)), volume.array[3:5, 2:5, 1:4]
+    )
+
+
+# --- DICOM -------------------------------------------------------------------------------
+
+
+def _write_series(directory: Path, array, spacing, origin, direction, step=None, **tags):
+    """An int16 CT series with any orientation; ``step``: offset between slices."""
+    directory.mkdir(parents=True, exist_ok=True)
+    row, col = direction[:, 0], direction[:, 1]
+    step = direction[:, 2] * spacing[2] if step is None else np.asarray(step, float)
+    writer = sitk.ImageFileWriter()
+    writer.SetImageIO("GDCMImageIO")  # files without an extension, as scanners write them
+    writer.KeepOriginalImageUIDOn()
+    uid = "1.2.826.0.1.3680043.8.498.77"
+    order = np.random.default_rng(5).permutation(array.shape[0])  # file names shuffled
+    for k in range(array.shape[0]):
+        sl = sitk.GetImageFromArray(array[k : k + 1])
+        pos = np.asarray(origin) + k * step
+        meta = {
+            "0008|0060": "CT",
+            "0008|0016": "1.2.840.10008.5.1.4.1.1.2",
+            "0008|0018": f"{uid}.{k + 1}",
+            "0020|000d": "1.2.826.0.1.3680043.8.498.78",
+            "0020|000e": uid,
+            "0020|0013": str(k + 1),
+            "0020|0032": "\\".join(f"{p:.5f}" for p in pos),
+            "0020|0037": "\\".join(f"{v:.6f}" for v in (*row, *col)),
+            "0028|0030": f"{spacing[1]:.4f}\\{spacing[0]:.4f}",
+            "0028|1052": "-1024",
+            "0028|1053": "1",
+            **tags,
+        }
+        for tag, value in meta.items():
+            sl.SetMetaData(tag, value)
+        writer.SetFileName(str(directory / f"im{order[k]:04d}"))
+        writer.Execute(sl)
+    return directory
+
+
+@pytest.mark.parametrize(
+    "direction, step",
+    [
+        (np.eye(3), None),
+        (OBLIQUE, None),
+        (np.diag([1.0, 1.0, -1.0]) @ np.eye(3), None),  # slices stacked feet-first
+        (np.eye(3), (0.0, 0.6, 1.5)),  # gantry tilt: slices sheared along y
+    ],
+    ids=["axial", "oblique", "reversed", "tilted"],
+)
+def test_dicom_series_geometry_and_regions_equal_simpleitk(tmp_path, direction, step):
+    hu = _noise((14, 20, 18)).clip(0, None)  # stored unsigned-looking values, HU after rescale
+    d = _write_series(tmp_path / "s", hu, (0.7, 0.75, 1.5), (-80.0, 30.0, 12.0), direction, step)
+    assert _assert_regions_equal_full_read(d) == "dicom"
+
+
+def test_dicom_series_from_conftest_writer_and_series_choice(tmp_path):
+    hu = _noise((10, 16, 12))
+    d = tmp_path / "two"
+    write_dicom_series(d, hu, series_uid="1.2.3.4.1", prefix="a")
+    write_dicom_series(d, hu[:, ::-1].copy(), series_uid="1.2.3.4.2", prefix="b")
+    for uid in ("1.2.3.4.1", "1.2.3.4.2"):
+        assert _assert_regions_equal_full_read(d, uid) == "dicom"
+    with pytest.raises(OSError, match="2 DICOM series"):
+        open_image(d)
+    with pytest.raises(OSError, match="no DICOM series '9.9'"):
+        open_image(d, "9.9")
+
+
+def test_dicom_rescale_slope_and_intercept_per_file(tmp_path):
+    hu = _noise((6, 10, 10)).clip(0, None)
+    d = _write_series(tmp_path / "s", hu, (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), np.eye(3))
+    for i, f in enumerate(sorted(d.iterdir())):
+        ds = pydicom.dcmread(f)
+        ds.RescaleSlope = "0.5" if i % 2 else "2"
+        ds.RescaleIntercept = "-1000.25"
+        ds.save_as(f)
+    assert _assert_regions_equal_full_read(d) == "dicom"
+
+
+def test_dicom_series_pydicom_cannot_describe_falls_back_to_simpleitk(tmp_path):
+    hu = _noise((5, 8, 8))
+    d = _write_series(tmp_path / "s", hu, (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), np.eye(3))
+    # Two slices at the same position: GDCM orders them by other means; we let it.
+    f = sorted(d.iterdir())[0]
+    ds = pydicom.dcmread(f)
+    other = pydicom.dcmread(sorted(d.iterdir())[1])
+    ds.ImagePositionPatient = other.ImagePositionPatient
+    ds.save_as(f)
+    with open_image(d) as source:
+        assert source.strategy == "whole"
+        np.testing.assert_array_equal(source.read().array, read_image(d).array)
+
+
+def test_real_dicom_series_geometry_and_pixels_equal_simpleitk(shared_data):
+    d = shared_data / "ct" / "example_ct_dicom"  # JPEG 2000 compressed
+    assert _assert_regions_equal_full_read(d) == "dicom"
+    _assert_same_geometry(read_geometry(d), read_image(d).geometry)
+
+
+def test_one_lesion_reads_the_pixels_of_under_a_third_of_a_300_slice_series(tmp_path):
+    hu = _noise((300, 256, 256))
+    d = write_dicom_series(tmp_path / "long", hu, spacing=(0.7, 0.7, 1.0))
+    total = sum(f.stat().st_size for f in d.iterdir())
+    before = _bytes_read()
+    with open_image(d) as source:
+        g = source.geometry
+        seed = g.origin + g.index_to_physical @ np.array([128.0, 100.0, 170.0])
+        patch = extract_patch(source, seed)
+        opened = list(source.files_read)
+    read = _bytes_read() - before
+    # The 50 mm cube touches 51 of the 1 mm slices: only their pixel data are read.
+    assert len(opened) == len(set(opened)) <= 52
+    assert 0 < read < total / 3, (read, total)
+    np.testing.assert_array_equal(patch, extract_patch(read_image(d), seed))
+
+
+def _bytes_read() -> int:
+    try:
+        with open("/proc/self/io") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("rchar"))
+    except OSError:
+        pytest.skip("/proc/self/io is not available to count bytes read")
+
+
+# --- patches through sources ---------------------------------------------------------------
+
+
+def test_patches_from_sources_equal_patches_from_full_reads(tmp_path):
+    hu = _noise((40, 70, 66))
+    spacing, origin = (0.7, 0.8, 1.25), (-30.0, 12.0, 50.0)
+    files = [
+        write_image(tmp_path / f"ct.{e}", hu, spacing, origin, OBLIQUE) for e in ("nii", "nrrd")
+    ]
+    files.append(_write_series(tmp_path / "dcm", hu, spacing, origin, OBLIQUE))
+    for path in files:
+        volume = read_image(path)
+        g = volume.geometry
+        for index in ([33, 35, 20], [2.0, 60.5, 38.0], [64.9, 1.0, 0.2]):
+            seed = g.origin + g.index_to_physical @ np.asarray(index)
+            with open_image(path) as source:
+                np.testing.assert_array_equal(
+                    extract_patch(source, seed), extract_patch(volume, seed), err_msg=str(path)
+                )
+    table = pd.DataFrame({"image_path": [str(files[0])], "coordX": [0.0], "coordY": [30.0]})
+    table["coordZ"] = 60.0
+    np.testing.assert_array_equal(
+        load_patches(table)[0, 0], extract_patch(read_image(files[0]), [0.0, 30.0, 60.0])
+    )
+
+
+def test_volume_is_a_source_too():
+    vol = Volume(np.arange(24, dtype=np.int16).reshape(2, 3, 4), _unit_geometry((4, 3, 2)))
+    np.testing.assert_array_equal(vol.read_region((1, 1, 0), (3, 3, 1)), [[[5, 6], [9, 10]]])
+
+
+def _unit_geometry(size):
+    from skfmcib.io import Geometry
+
+    return Geometry(size, np.zeros(3), np.ones(3), np.eye(3))
+
+
+# --- identity ------------------------------------------------------------------------------
+
+
+def test_image_identity_changes_with_content_time_and_data_files(tmp_path):
+    nii = write_image(tmp_path / "a.nii.gz", _noise((4, 5, 6)))
+    first = image_identity(nii)
+    assert image_identity(str(nii)) == first
+    st = nii.stat()
+    os.utime(nii, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert image_identity(nii) != first
+    mhd = write_image(tmp_path / "b.mhd", _noise((4, 5, 6)))
+    before = image_identity(mhd)
+    raw = tmp_path / "b.raw"
+    raw.write_bytes(raw.read_bytes()[::-1])  # the voxels change, the header does not
+    assert image_identity(mhd) != before
+    d = write_dicom_series(tmp_path / "dcm", _noise((3, 6, 6)))
+    before = image_identity(d)
+    f = sorted(d.iterdir())[1]
+    f.write_bytes(f.read_bytes())
+    assert image_identity(d) != before
+    assert image_identity(tmp_path / "absent.nii") is None
