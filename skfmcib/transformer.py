@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
 import warnings
 from numbers import Integral
 
 import numpy as np
 import pandas as pd
+import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_array, check_is_fitted
+from sklearn.utils.validation import check_array, check_is_fitted, check_memory
 
 from . import runtime
+from ._cache import FeatureCache
 from ._progress import Progress
 from .encoder import EncoderConfig
-from .patches import RowWarning, check_patch_array, iter_patches
+from .patches import RowWarning, check_patch_array, iter_patches, resolve_n_jobs
 from .table import RowError, validate_table
-from .weights import load_encoder
+from .weights import REGISTRY, WeightsRecord, load_encoder
 
 __all__ = ["FMCIBTransformer"]
 
@@ -52,18 +57,31 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
         :class:`~skfmcib.encoder.EncoderConfig` fields overrides it.
     device : str, default="auto"
         ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
-    batch_size : int, default=8
-        Patches encoded at once.
+    batch_size : int or "auto", default=8
+        Patches encoded at once. ``"auto"`` sizes batches to the free memory on CUDA
+        (see :func:`skfmcib.runtime.auto_batch_size`) and is 8 on the CPU.
     precision : {"fp32", "bf16", "fp16"}, default="fp32"
-        Arithmetic of the encoder. ``"bf16"``/``"fp16"`` use autocast: faster on
-        hardware with reduced-precision units, features within cosine 0.999 of fp32.
+        Arithmetic of the encoder. ``"bf16"``/``"fp16"`` use autocast (channels-last):
+        faster on hardware with reduced-precision units (about 2x with bf16 on CPUs
+        with AMX), features within cosine 0.999 of fp32. fp32 is exact (no TF32).
     coordinate_system : {"LPS", "RAS"}, default="LPS"
         Convention of the table's coordinates (the reference's is LPS).
     on_error : {"raise", "nan"}, default="raise"
         A bad row (missing file, seed outside the scan, ...) raises an error naming
         the row, the file and the problem, or becomes a row of NaN with a warning.
     memory : None, str or joblib.Memory, default=None
-        Cache of per-lesion features (see the performance section of the docs).
+        Cache of per-lesion features: a folder or a ``joblib.Memory``. A lesion is
+        encoded once and then read back, as long as the weights (digest), the
+        architecture, the precision, the preprocessing, the image file (path, size,
+        modification time) and the seed are the same; changing any of them misses
+        the cache. With it, a cross-validated search over later pipeline steps encodes
+        each lesion once, and a fit whose weights were already loaded in this process
+        defers loading the encoder until a lesion is not in the cache.
+    n_jobs : int or None, default=None
+        Threads that read images and extract patches while the encoder runs (rows
+        are grouped by image, each image opened once). None: one thread per two CPU
+        cores (at most 4) on the CPU, one per core with CUDA; ``-1``: one per core;
+        0: read in the calling thread between batches. Features do not depend on it.
     progress : bool or "auto", default="auto"
         Show a progress line on stderr; "auto" shows it for long inputs on a terminal.
     cache_dir : str or path-like, default=None
@@ -113,6 +131,7 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
         coordinate_system="LPS",
         on_error="raise",
         memory=None,
+        n_jobs=None,
         progress="auto",
         cache_dir=None,
         random_state=None,
@@ -125,13 +144,22 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
         self.coordinate_system = coordinate_system
         self.on_error = on_error
         self.memory = memory
+        self.n_jobs = n_jobs
         self.progress = progress
         self.cache_dir = cache_dir
         self.random_state = random_state
 
     def _check_params(self) -> None:
-        if not isinstance(self.batch_size, Integral) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if self.batch_size != "auto" and (
+            not isinstance(self.batch_size, Integral)
+            or isinstance(self.batch_size, bool)
+            or self.batch_size < 1
+        ):
+            raise ValueError(
+                f"batch_size must be a positive integer or 'auto', got {self.batch_size!r}"
+            )
+        resolve_n_jobs(self.n_jobs)
+        _check_memory(self.memory)
         runtime.check_precision(self.precision)
         if self.coordinate_system not in ("LPS", "RAS"):
             raise ValueError(
@@ -168,16 +196,27 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
         seed = None
         if self.weights is None:
             seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        self._random_seed = seed
+        self.__dict__.pop("_encoder", None)
+        self.__dict__.pop("_auto_batch", None)
+        config = _encoder_config(self.arch)
+        memo = _weights_memo_key(self.weights, config, self.cache_dir, seed)
+        known = None
+        if memo is not None and self._feature_memory() is not None:
+            known = _WEIGHTS_SEEN.get(memo)
+        if known is not None:
+            # These weights were loaded and checked in this process: the cache can be
+            # used at once, and the encoder is loaded only if a lesion is not in it.
+            self.weights_info_, self.n_features_out_ = known
+            return self
         encoder, info = load_encoder(
-            self.weights,
-            config=_encoder_config(self.arch),
-            cache_dir=self.cache_dir,
-            random_state=seed,
+            self.weights, config=config, cache_dir=self.cache_dir, random_state=seed
         )
         self._encoder = runtime.prepare_encoder(encoder, self.device_, self.precision)
         self.weights_info_ = info
-        self._random_seed = seed
         self.n_features_out_ = int(encoder.out_features)
+        if memo is not None:
+            _WEIGHTS_SEEN.put(memo, info, self.n_features_out_)
         return self
 
     @property
@@ -209,6 +248,7 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
     def __getstate__(self):
         state = super().__getstate__()
         state.pop("_encoder", None)
+        state.pop("_auto_batch", None)
         return state
 
     def transform(self, X):
@@ -228,48 +268,118 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
             ``on_error="nan"``).
         """
         check_is_fitted(self, "weights_info_")
-        encoder = self.encoder_
         if isinstance(X, pd.DataFrame):
-            return self._transform_table(encoder, X)
+            return self._transform_table(X)
         patches = check_patch_array(X)
         out = np.empty((len(patches), self.n_features_out_), dtype=np.float32)
+        cache = self._feature_cache()
+        keys = [None] * len(patches)
+        todo = np.arange(len(patches))
+        if cache is not None:
+            keys = [cache.patch_key(p) for p in patches]
+            todo = self._fill_from_cache(cache, keys, out)
         with self._progress(len(patches)) as bar:
-            for start in range(0, len(patches), self.batch_size):
-                batch = patches[start : start + self.batch_size]
-                out[start : start + len(batch)] = self._encode(encoder, batch)
-                bar.update(len(batch))
+            bar.update(len(patches) - len(todo))
+            for start in range(0, len(todo), self._batch_size()):
+                where = todo[start : start + self._batch_size()]
+                self._encode_into(out, where, patches[where], cache, keys)
+                bar.update(len(where))
         return out
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _feature_memory(self):
+        memory = _check_memory(self.memory)
+        return None if memory.location is None else memory
+
+    def _feature_cache(self) -> FeatureCache | None:
+        memory = self._feature_memory()
+        if memory is None:
+            return None
+        info = self.weights_info_
+        encoder_key = (info.digest, tuple(sorted(info.config.to_dict().items())), self.precision)
+        if info.source == "random":
+            # Random initialisation depends on torch's generator and init code.
+            encoder_key += (f"torch {torch.__version__}",)
+        return FeatureCache(memory, encoder_key)
+
+    @staticmethod
+    def _fill_from_cache(cache: FeatureCache, keys: list, out: np.ndarray) -> np.ndarray:
+        """Copy cached rows into ``out``; return the positions still to compute."""
+        todo = []
+        for pos, key in enumerate(keys):
+            hit = cache.get(key)
+            if hit is None or hit.shape != out.shape[1:]:
+                todo.append(pos)
+            else:
+                out[pos] = hit
+        return np.asarray(todo, dtype=np.int64)
+
+    def _batch_size(self) -> int:
+        if self.batch_size != "auto":
+            return int(self.batch_size)
+        if "_auto_batch" not in self.__dict__:
+            self._auto_batch = runtime.auto_batch_size(self.encoder_, self.device_, self.precision)
+        return self._auto_batch
+
+    def _n_threads(self) -> int:
+        if self.n_jobs is None and self.device_.type == "cuda":
+            return os.cpu_count() or 1
+        return resolve_n_jobs(self.n_jobs)
 
     def _encode(self, encoder, batch: np.ndarray) -> np.ndarray:
         return runtime.encode(encoder, batch, self.device_, self.precision)
 
+    def _encode_into(self, out, where, batch, cache, keys) -> None:
+        feats = self._encode(self.encoder_, batch)
+        out[where] = feats
+        if cache is not None:
+            for pos, row in zip(where, feats, strict=True):
+                cache.put(keys[pos], row)
+
     def _progress(self, total: int) -> Progress:
         return Progress(total, enabled=self.progress, unit="lesions")
 
-    def _transform_table(self, encoder, X: pd.DataFrame) -> np.ndarray:
+    def _transform_table(self, X: pd.DataFrame) -> np.ndarray:
+        seeds = validate_table(X, self.coordinate_system)
         out = np.full((len(X), self.n_features_out_), np.nan, dtype=np.float32)
-        batch, where = [], []
+        cache = self._feature_cache()
+        keys: list = [None] * len(X)
+        todo = np.arange(len(X))
+        if cache is not None:
+            keys = cache.row_keys(seeds)
+            todo = self._fill_from_cache(cache, keys, out)
         with self._progress(len(X)) as bar:
-            for pos, patch in iter_patches(X, self.coordinate_system):
-                if isinstance(patch, RowError):
-                    self._row_failed(patch)
-                    bar.update(1)
-                    continue
-                batch.append(patch)
-                where.append(pos)
-                if len(batch) == self.batch_size:
-                    out[where] = self._encode(encoder, np.stack(batch)[:, None])
+            bar.update(len(X) - len(todo))
+            if len(todo) == 0:
+                return out
+            # Images are read and patches extracted in background threads (n_jobs)
+            # while this thread encodes; rows come grouped by image.
+            results = iter_patches(X.iloc[todo], self.coordinate_system, self._n_threads())
+            batch, where = [], []
+            with contextlib.closing(results):
+                for pos, patch in results:
+                    if isinstance(patch, RowError):
+                        self._row_failed(patch)
+                        bar.update(1)
+                        continue
+                    batch.append(patch)
+                    where.append(todo[pos])
+                    if len(batch) == self._batch_size():
+                        self._encode_into(out, where, np.stack(batch)[:, None], cache, keys)
+                        bar.update(len(batch))
+                        batch, where = [], []
+                if batch:
+                    self._encode_into(out, where, np.stack(batch)[:, None], cache, keys)
                     bar.update(len(batch))
-                    batch, where = [], []
-            if batch:
-                out[where] = self._encode(encoder, np.stack(batch)[:, None])
-                bar.update(len(batch))
         return out
 
     def _row_failed(self, error: RowError) -> None:
         if self.on_error == "raise":
             raise error
-        warnings.warn(f"{error}; its features are NaN", RowWarning, stacklevel=4)
+        warning = RowWarning(f"{error}; its features are NaN")
+        warning.row_error = error
+        warnings.warn(warning, stacklevel=4)
 
     def get_feature_names_out(self, input_features=None):
         """Names of the output features, ``fmcib_0`` ... ``fmcib_4095``.
@@ -291,6 +401,64 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
         tags.requires_fit = True
         tags.transformer_tags.preserves_dtype = ["float32"]
         return tags
+
+
+def _check_memory(memory):
+    """``check_memory`` that also takes path-like objects."""
+    if isinstance(memory, os.PathLike):
+        memory = os.fspath(memory)
+    return check_memory(memory)
+
+
+def _weights_memo_key(weights, config, cache_dir, seed) -> tuple | None:
+    if weights is None:
+        return ("random", seed, config)
+    if isinstance(weights, WeightsRecord) or (isinstance(weights, str) and weights in REGISTRY):
+        return ("registry", weights, str(cache_dir), config)
+    if isinstance(weights, (str, os.PathLike)):
+        return ("file", os.path.abspath(os.path.expanduser(os.fspath(weights))), config)
+    return None  # not valid weights: load_encoder says why
+
+
+class _WeightsMemo:
+    """Weights loaded (and so checked) in this process, by how they were asked for.
+
+    A fit with a feature cache uses it to skip loading an encoder it may not need;
+    an entry holds only while the checkpoint file is unchanged.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: dict[tuple, tuple] = {}
+
+    @staticmethod
+    def _state(info) -> tuple | None:
+        if info.path is None:
+            return ()
+        try:
+            st = os.stat(info.path)
+        except OSError:
+            return None
+        return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+    def put(self, key: tuple, info, n_features: int) -> None:
+        state = self._state(info)
+        if state is not None:
+            with self._lock:
+                self._seen[key] = (info, n_features, state)
+
+    def get(self, key: tuple):
+        with self._lock:
+            entry = self._seen.get(key)
+        if entry is None:
+            return None
+        info, n_features, state = entry
+        if self._state(info) != state:
+            return None
+        return info, n_features
+
+
+_WEIGHTS_SEEN = _WeightsMemo()
 
 
 def _device_usable(device) -> bool:

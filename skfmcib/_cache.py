@@ -1,0 +1,97 @@
+"""Per-lesion feature cache on a ``joblib.Memory``.
+
+A lesion's features are stored under a key made of everything that decides them:
+
+- the encoder: the weights' SHA-256 (or ``random:<seed>`` with the torch version, whose
+  initialisation it depends on), the architecture and the precision;
+- the preprocessing: patch size, spacing, intensity mapping, fill value and grid rule,
+  and this package's version (a release may change any of them);
+- the image: its absolute path with size, modification and status-change times and
+  inode of its file(s) (:func:`skfmcib.io.image_identity`), or for a pre-cropped
+  patch the hash of its voxels;
+- the seed, in LPS millimetres.
+
+Changing any of these misses the cache. The device and batch size are not part of
+the key: they change features only by floating-point rounding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import Any
+
+import joblib
+import numpy as np
+import pandas as pd
+
+from .io import image_identity
+from .patches import HU_OFFSET, HU_SCALE, PATCH_SIZE
+
+_FORMAT = "skfmcib-lesion-features/1"
+
+PREPROCESSING = (
+    ("patch_size_voxels", PATCH_SIZE),
+    ("spacing_mm", 1.0),
+    ("interpolation", "trilinear"),
+    ("intensity", f"(HU + {HU_OFFSET:g}) / {HU_SCALE:g}"),
+    ("outside_scan_hu", -HU_OFFSET),
+    ("grid", "reference 1 mm LPS grid, seed index truncated, seed-centred"),
+)
+
+
+def _lesion_features(key: Hashable, features: Any = None) -> Any:
+    """Identity function memoised by joblib: its stored output is the features of ``key``."""
+    return features
+
+
+class FeatureCache:
+    """Look up and store per-lesion features in a ``joblib.Memory``.
+
+    Parameters
+    ----------
+    memory : joblib.Memory
+        With a location (caching enabled).
+    encoder_key : tuple
+        What identifies the encoder and its arithmetic (see the module docstring).
+    """
+
+    def __init__(self, memory: joblib.Memory, encoder_key: tuple) -> None:
+        from . import __version__
+
+        self._func = memory.cache(_lesion_features, ignore=["features"], verbose=0)
+        self._prefix = (_FORMAT, __version__, encoder_key, PREPROCESSING)
+
+    def row_keys(self, seeds: pd.DataFrame) -> list[tuple | None]:
+        """Keys of the rows of :func:`~skfmcib.table.validate_table` output (None: uncachable)."""
+        identities: dict[tuple, tuple | None] = {}
+        keys: list[tuple | None] = []
+        coords = seeds[["x", "y", "z"]].to_numpy(dtype=np.float64)
+        for path, uid, seed in zip(seeds["image_path"], seeds["series_uid"], coords, strict=True):
+            if not path or not np.all(np.isfinite(seed)):
+                keys.append(None)
+                continue
+            image = (path, uid)
+            if image not in identities:
+                identities[image] = image_identity(path, uid)
+            identity = identities[image]
+            keys.append(None if identity is None else ("image", identity, tuple(seed.tolist())))
+        return keys
+
+    @staticmethod
+    def patch_key(patch: np.ndarray) -> tuple:
+        """Key of a pre-cropped patch: the hash of its voxels."""
+        return ("patch", joblib.hash(np.ascontiguousarray(patch, dtype=np.float32)))
+
+    def get(self, key: tuple | None) -> np.ndarray | None:
+        """The stored features of ``key``, or None."""
+        if key is None:
+            return None
+        full = (self._prefix, key)
+        if not self._func.check_call_in_cache(full):
+            return None
+        return self._func(full)
+
+    def put(self, key: tuple | None, features: np.ndarray) -> None:
+        """Store the features of ``key``."""
+        if key is not None:
+            self._func((self._prefix, key), features=np.array(features, dtype=np.float32))

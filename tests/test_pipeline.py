@@ -1,0 +1,133 @@
+"""Pipelined reading: threads change the speed, never the numbers or their order."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import write_image
+
+from skfmcib import FMCIBTransformer, load_patches
+from skfmcib._pipeline import prefetch
+from skfmcib.patches import iter_patches, resolve_n_jobs
+from skfmcib.table import RowError
+
+TINY = {"arch": "resnet10", "widen_factor": 0.25}
+
+
+@pytest.fixture
+def interleaved(tmp_path):
+    """Rows of three images (two formats), interleaved, with one bad row."""
+    rng = np.random.default_rng(4)
+    paths = []
+    for k, ext in enumerate(("nii.gz", "nrrd", "nii")):
+        hu = rng.normal(-200, 300, size=(36, 64, 64)).astype(np.int16)
+        paths.append(write_image(tmp_path / f"ct{k}.{ext}", hu, spacing=(1.0, 1.0, 2.0)))
+    rows = [(str(paths[i % 3]), *rng.uniform([24, 24, 28], [40, 40, 44])) for i in range(10)]
+    table = pd.DataFrame(rows, columns=["image_path", "coordX", "coordY", "coordZ"])
+    table.index = [f"lesion{i}" for i in range(len(table))]
+    return table
+
+
+def test_prefetch_keeps_task_order_whatever_the_threads():
+    def task(k, delay):
+        def run():
+            for j in range(3):
+                time.sleep(delay)
+                yield (k, j)
+
+        return run
+
+    tasks = [task(k, 0.01 * ((7 * k) % 4)) for k in range(6)]
+    expected = [(k, j) for k in range(6) for j in range(3)]
+    for n in (0, 1, 3):
+        assert list(prefetch(tasks, n, buffer=1)) == expected
+
+
+def test_prefetch_raises_task_errors_in_order_and_stops_its_threads():
+    def good():
+        yield from range(3)
+
+    def bad():
+        yield 10
+        raise OSError("disk on fire")
+
+    def endless():
+        while True:
+            yield -1
+
+    before = threading.active_count()
+    results = prefetch([good, bad, endless], 2, buffer=2)
+    assert [next(results) for _ in range(4)] == [0, 1, 2, 10]
+    with pytest.raises(OSError, match="disk on fire"):
+        next(results)
+    assert threading.active_count() == before
+    # A consumer that stops early stops the threads too.
+    results = prefetch([endless, endless], 2, buffer=2)
+    next(results)
+    results.close()
+    assert threading.active_count() == before
+
+
+def test_iter_patches_groups_rows_by_image_for_any_thread_count(interleaved):
+    table = interleaved.copy()
+    table.iloc[4, 1] = 1e6  # outside the scan
+    runs = {n: list(iter_patches(table, n_jobs=n)) for n in (0, 1, 3)}
+    order = [pos for pos, _ in runs[0]]
+    assert sorted(order) == list(range(len(table)))
+    images = [table["image_path"].iloc[pos] for pos in order]
+    assert images == sorted(images, key=images.index)  # each image's rows together
+    for n in (1, 3):
+        assert [pos for pos, _ in runs[n]] == order
+        for (_, a), (_, b) in zip(runs[0], runs[n], strict=True):
+            if isinstance(a, RowError):
+                assert isinstance(b, RowError) and str(a) == str(b)
+            else:
+                np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(load_patches(interleaved, n_jobs=0), load_patches(interleaved))
+
+
+def test_pipelined_transform_equals_sequential_transform_exactly(interleaved):
+    def model(n_jobs, batch_size=4):
+        return FMCIBTransformer(
+            weights=None,
+            arch=TINY,
+            random_state=0,
+            device="cpu",
+            n_jobs=n_jobs,
+            batch_size=batch_size,
+        ).fit()
+
+    sequential = model(0).transform(interleaved)
+    for n_jobs in (1, 3, None, -1):
+        np.testing.assert_array_equal(model(n_jobs).transform(interleaved), sequential)
+    # Rows stay in the input's order: each row equals that lesion encoded alone.
+    for i in (0, 5, 9):
+        alone = model(2, batch_size=1).transform(interleaved.iloc[[i]])
+        np.testing.assert_allclose(alone[0], sequential[i], rtol=1e-5, atol=1e-6)
+    out = model(2).set_output(transform="pandas").transform(interleaved)
+    assert list(out.index) == list(interleaved.index)
+
+
+def test_pipelined_transform_raises_the_first_bad_row_and_cleans_up(interleaved, tmp_path):
+    table = interleaved.copy()
+    table.iloc[7, 0] = str(tmp_path / "missing.nii.gz")
+    before = threading.active_count()
+    model = FMCIBTransformer(weights=None, arch=TINY, random_state=0, device="cpu", n_jobs=3)
+    with pytest.raises(RowError, match=r"row lesion7 \(.*missing.nii.gz\): no such file"):
+        model.fit().transform(table)
+    assert threading.active_count() == before
+
+
+@pytest.mark.parametrize("bad", ["two", 1.5, True])
+def test_invalid_n_jobs_fails_in_fit(bad):
+    with pytest.raises(ValueError, match="n_jobs"):
+        FMCIBTransformer(weights=None, arch=TINY, n_jobs=bad).fit()
+
+
+def test_resolve_n_jobs():
+    assert resolve_n_jobs(0) == 0 and resolve_n_jobs(5) == 5
+    assert resolve_n_jobs(None) >= 1 and resolve_n_jobs(-1) >= 1
