@@ -677,8 +677,9 @@ def extract(
     >>> from skfmcib import FMCIBTransformer
     >>> from skfmcib.extract import extract
     >>> d = tempfile.mkdtemp()
-    >>> img = sitk.GetImageFromArray(np.full((60, 60, 60), 40, dtype=np.int16))
-    >>> sitk.WriteImage(img, os.path.join(d, "ct.nii.gz"))
+    >>> hu = np.full((60, 60, 60), -1000, dtype=np.int16)
+    >>> hu[10:50, 10:50, 10:50] = 40
+    >>> sitk.WriteImage(sitk.GetImageFromArray(hu), os.path.join(d, "ct.nii.gz"))
     >>> table = pd.DataFrame({"image_path": [os.path.join(d, "ct.nii.gz")] * 2,
     ...                       "coordX": [30.0, 99.0], "coordY": [30.0, 30.0],
     ...                       "coordZ": [30.0, 30.0]})
@@ -702,6 +703,8 @@ def extract(
         raise ExtractError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     if resume and overwrite:
         raise ExtractError("resume and overwrite exclude each other")
+    if isinstance(table, (str, os.PathLike)) and Path(table).resolve() == out.resolve():
+        raise ExtractError(f"{out}: the output would replace the lesion table")
 
     table, resolved = prepare_table(table, image_root, mask_label)
     transformer = FMCIBTransformer() if transformer is None else transformer

@@ -220,6 +220,10 @@ def test_existing_output_or_parts_need_resume_or_overwrite(study, checkpoint, tm
     again = extract(study / "seeds.csv", out, transformer=tiny(checkpoint), resume=True)
     assert again.n_written == 12 and again.exit_status == 0
     extract(study / "seeds.csv", out, transformer=tiny(checkpoint), overwrite=True)
+    with pytest.raises(ExtractError, match="would replace the lesion table"):
+        extract(
+            study / "seeds.csv", study / "seeds.csv", transformer=tiny(checkpoint), overwrite=True
+        )
     with pytest.raises(ExtractError, match="exclude each other"):
         extract(
             study / "seeds.csv", out, transformer=tiny(checkpoint), overwrite=True, resume=True
