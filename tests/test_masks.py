@@ -174,7 +174,7 @@ def test_dicom_seg_without_highdicom_is_a_clear_error(tmp_path, monkeypatch):
 
 def test_extract_accepts_a_mask_table(tmp_path):
     rng = np.random.default_rng(0)
-    ct = write_image(tmp_path / "ct.nii.gz", rng.normal(0, 100, (40, 60, 60)).astype(np.int16))
+    ct = write_image(tmp_path / "ct.nii.gz", rng.normal(-300, 300, (40, 60, 60)).astype(np.int16))
     a = np.zeros((40, 60, 60), dtype=np.uint8)
     a[10:14, 20:25, 20:25] = 3
     a[25:30, 40:44, 35:40] = 3
