@@ -20,6 +20,7 @@ Files written for an output ``OUT``:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -691,9 +692,68 @@ def extract(
     >>> pd.read_csv(summary.errors_path)["reason"].str.contains("outside").tolist()
     [True]
     """
+    out = Path(out)
+    with _exclusive(out):
+        return _extract(
+            table,
+            out,
+            transformer=transformer,
+            chunk_size=chunk_size,
+            resume=resume,
+            overwrite=overwrite,
+            on_error=on_error,
+            scheduler=scheduler,
+            progress=progress,
+            image_root=image_root,
+            mask_label=mask_label,
+            log=log,
+        )
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """Hold a lock beside ``out`` so that two runs never write the same output.
+
+    An ``flock`` goes with its process, so a killed run leaves no stale lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no lock
+        yield
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = out.with_name(f".{out.name}.lock")
+    with open(path, "a+b") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            raise ExtractError(
+                f"{out}: another skfmcib extract is writing it (lock {path.name}); wait "
+                "for it to finish or stop it, then resume"
+            ) from exc
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+
+
+def _extract(
+    table,
+    out: Path,
+    *,
+    transformer,
+    chunk_size,
+    resume,
+    overwrite,
+    on_error,
+    scheduler,
+    progress,
+    image_root,
+    mask_label,
+    log,
+) -> ExtractSummary:
     started = time.perf_counter()
     say = log or (lambda message: None)
-    out = Path(out)
     fmt = _output_format(out)
     if fmt == "parquet":
         _require_pyarrow("writing a .parquet output")

@@ -387,3 +387,19 @@ def test_module_examples_run():
     for module in (skfmcib.extract, skfmcib.masks, skfmcib.commands.extract):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0, module.__name__
+
+
+def test_two_runs_never_write_the_same_output(study, checkpoint, tmp_path):
+    from skfmcib.extract import _exclusive
+
+    out = tmp_path / "f.csv"
+    with _exclusive(out):  # as another process's run would hold it
+        with pytest.raises(ExtractError, match="another skfmcib extract is writing it"):
+            extract(study / "seeds.csv", out, transformer=tiny(checkpoint))
+    assert not out.exists() and not parts_dir(out).exists()
+    extract(study / "seeds.csv", out, transformer=tiny(checkpoint))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "f.csv",
+        "f.csv.errors.csv",
+        "f.csv.provenance.json",
+    ]
