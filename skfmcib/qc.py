@@ -275,7 +275,12 @@ def render_lesion(
             if zoom:
                 lo, hi, step = box_lo - _ZOOM_MARGIN_MM, box_hi + _ZOOM_MARGIN_MM, fine
             else:
-                lo, hi, step = scan_lo, scan_hi, coarse
+                lo, hi, step = scan_lo.copy(), scan_hi.copy(), coarse
+                # A thin scan (a few slices) stays readable: at least half as tall as
+                # wide, what lies beyond it shown as outside the scan.
+                short = 0.5 * (hi[u] - lo[u]) - (hi[v] - lo[v])
+                if short > 0:
+                    lo[v], hi[v] = lo[v] - short / 2.0, hi[v] + short / 2.0
             plane = _sample_plane(image, u, v, w, (lo[u], hi[u]), (lo[v], hi[v]), seed[w], step)
             u1 = lo[u] + (plane.shape[1] - 1) * step
             v1 = lo[v] + (plane.shape[0] - 1) * step
