@@ -510,6 +510,22 @@ def read_provenance(out: str | os.PathLike) -> dict:
     dict
         Package version, weights source and digest, encoder configuration,
         preprocessing parameters, table digest, ...
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd, SimpleITK as sitk, tempfile, os
+    >>> from skfmcib import FMCIBTransformer
+    >>> from skfmcib.extract import extract, read_provenance
+    >>> d = tempfile.mkdtemp()
+    >>> hu = np.full((60, 60, 60), -1000, dtype=np.int16)
+    >>> sitk.WriteImage(sitk.GetImageFromArray(hu), os.path.join(d, "ct.nii.gz"))
+    >>> table = pd.DataFrame({"image_path": [os.path.join(d, "ct.nii.gz")],
+    ...                       "coordX": [30.0], "coordY": [30.0], "coordZ": [30.0]})
+    >>> tiny = FMCIBTransformer(weights=None, arch="resnet10", random_state=0, device="cpu")
+    >>> _ = extract(table, os.path.join(d, "f.csv"), transformer=tiny)
+    >>> prov = read_provenance(os.path.join(d, "f.csv"))
+    >>> prov["encoder_config"]["arch"], prov["preprocessing"]["patch_size_voxels"]
+    ('resnet10', 50)
     """
     out = Path(out)
     if _output_format(out) == "parquet":

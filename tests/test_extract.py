@@ -381,10 +381,12 @@ def test_cli_exit_status_and_random_weights(study, bad_study, tmp_path, capsys):
 
 def test_module_examples_run():
     import skfmcib.commands.extract
+    import skfmcib.distributed
     import skfmcib.extract
     import skfmcib.masks
 
-    for module in (skfmcib.extract, skfmcib.masks, skfmcib.commands.extract):
+    modules = (skfmcib.extract, skfmcib.masks, skfmcib.distributed, skfmcib.commands.extract)
+    for module in modules:
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0, module.__name__
 
