@@ -1,0 +1,638 @@
+"""Evaluation as the paper reports it: bootstrap intervals and label-efficiency curves.
+
+scikit-learn and scikit-survival provide the metrics; this module adds what they lack:
+
+- :func:`bootstrap_ci` (and :func:`bootstrap_ci_difference`): percentile bootstrap
+  intervals for any metric ``metric(y_true, y_score)``, including survival metrics on
+  structured targets, resampling lesions or whole patients;
+- :func:`label_efficiency_curve`: cross-validated scores when only a fraction of the
+  training labels is used (the paper's 100, 50, 20 and 10 % curves);
+- survival metrics in the ``metric(y, risk)`` form: :func:`harrell_c`, :func:`uno_c`
+  and the paper's binary :func:`survival_auc` at a horizon.
+
+Plots of these results are in :mod:`skfmcib.plotting`.
+
+These functions (and the ``evaluate_*`` functions of :mod:`skfmcib.tasks`) fit and
+score many small models. They run with a single BLAS thread (:mod:`threadpoolctl`):
+for problems of this size several BLAS threads mostly wait for each other, and on a
+busy machine, or next to the encoder's own threads, they can be ten times slower.
+The encoder (torch) keeps its threads.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from numbers import Integral, Real
+
+import numpy as np
+import pandas as pd
+from sklearn.base import clone, is_classifier
+from sklearn.metrics import check_scoring, roc_auc_score
+from sklearn.model_selection import (
+    GroupKFold,
+    KFold,
+    StratifiedGroupKFold,
+    StratifiedKFold,
+)
+from sklearn.utils import _safe_indexing, check_random_state
+from sklearn.utils.multiclass import type_of_target
+from sksurv.metrics import concordance_index_censored, concordance_index_ipcw
+from sksurv.util import check_y_survival
+from threadpoolctl import threadpool_limits
+
+__all__ = [
+    "BootstrapCI",
+    "bootstrap_ci",
+    "bootstrap_ci_difference",
+    "harrell_c",
+    "is_survival_target",
+    "label_efficiency_curve",
+    "make_cv",
+    "one_blas_thread",
+    "split_target",
+    "survival_auc",
+    "uno_c",
+]
+
+Metric = Callable[[np.ndarray, np.ndarray], float]
+
+
+def one_blas_thread() -> threadpool_limits:
+    """Context in which BLAS (numpy, scipy) uses one thread; see the module's notes."""
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+# ----------------------------------------------------------------------- bootstrap
+
+
+@dataclass(frozen=True)
+class BootstrapCI:
+    """A point estimate with a percentile bootstrap confidence interval.
+
+    Unpacks as ``estimate, low, high``.
+
+    Attributes
+    ----------
+    estimate : float
+        The metric on the whole sample.
+    low, high : float
+        Bounds of the interval.
+    confidence : float
+        Confidence level of the interval, ``1 - alpha``.
+    n_resamples : int
+        Resamples the interval was computed from.
+    n_failed : int
+        Resamples left out because the metric is undefined on them (for example a
+        resample holding one class only, or no comparable survival pairs).
+
+    Examples
+    --------
+    >>> from skfmcib.evaluation import BootstrapCI
+    >>> ci = BootstrapCI(0.81234, 0.7, 0.9, 0.95, 1000, 0)
+    >>> estimate, low, high = ci
+    >>> str(ci), ci.format(3)
+    ('0.81 [0.70, 0.90]', '0.812 [0.700, 0.900]')
+    """
+
+    estimate: float
+    low: float
+    high: float
+    confidence: float
+    n_resamples: int
+    n_failed: int
+
+    def __iter__(self) -> Iterator[float]:
+        return iter((self.estimate, self.low, self.high))
+
+    def format(self, digits: int = 2) -> str:
+        """``"estimate [low, high]"`` with ``digits`` decimals."""
+        return f"{self.estimate:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
+
+    def __str__(self) -> str:
+        return self.format()
+
+
+def _check_bootstrap_args(n_resamples, alpha) -> None:
+    if isinstance(n_resamples, bool) or not isinstance(n_resamples, Integral) or n_resamples < 1:
+        raise ValueError(f"n_resamples must be a positive integer, got {n_resamples!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, Real) or not 0 < alpha < 1:
+        raise ValueError(f"alpha must be a number in (0, 1), got {alpha!r}")
+
+
+def _resampler(n: int, groups, rng: np.random.RandomState) -> Callable[[], np.ndarray]:
+    """A function drawing one bootstrap sample of row indices (by row or by group)."""
+    if groups is None:
+        return lambda: rng.randint(0, n, n)
+    groups = np.asarray(groups)
+    if len(groups) != n:
+        raise ValueError(f"groups has {len(groups)} entries for {n} samples")
+    _, codes = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(codes == g) for g in range(codes.max() + 1)]
+    n_groups = len(members)
+    return lambda: np.concatenate([members[g] for g in rng.randint(0, n_groups, n_groups)])
+
+
+def _evaluate(statistic: Callable[[np.ndarray], float], idx: np.ndarray) -> float | None:
+    """The statistic on a resample, or None where the metric is undefined there."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an undefined-metric warning marks a failed resample
+        try:
+            value = float(statistic(idx))
+        except (ValueError, ArithmeticError, Warning):
+            return None
+    return value if math.isfinite(value) else None
+
+
+def _bootstrap(
+    statistic: Callable[[np.ndarray], float],
+    n: int,
+    *,
+    groups,
+    n_resamples: int,
+    alpha: float,
+    random_state,
+) -> BootstrapCI:
+    _check_bootstrap_args(n_resamples, alpha)
+    estimate = float(statistic(np.arange(n)))
+    draw = _resampler(n, groups, check_random_state(random_state))
+    values = []
+    with one_blas_thread():
+        for _ in range(n_resamples):
+            value = _evaluate(statistic, draw())
+            if value is not None:
+                values.append(value)
+    n_failed = n_resamples - len(values)
+    if not values:
+        raise ValueError(
+            f"the metric could not be computed on any of {n_resamples} bootstrap resamples "
+            "(too few samples, or a single class in every resample)"
+        )
+    low, high = np.percentile(values, [50 * alpha, 100 - 50 * alpha])
+    return BootstrapCI(estimate, float(low), float(high), 1 - alpha, len(values), n_failed)
+
+
+def _as_array(a) -> np.ndarray:
+    return a if isinstance(a, np.ndarray) else np.asarray(a)
+
+
+def bootstrap_ci(
+    metric: Metric,
+    y_true,
+    y_score,
+    *,
+    groups=None,
+    n_resamples: int = 1000,
+    alpha: float = 0.05,
+    random_state=None,
+) -> BootstrapCI:
+    """Point estimate and percentile bootstrap interval of a metric.
+
+    Parameters
+    ----------
+    metric : callable
+        ``metric(y_true, y_score) -> float``, e.g. :func:`sklearn.metrics.roc_auc_score`,
+        :func:`sklearn.metrics.average_precision_score`, :func:`harrell_c`. Wrap other
+        signatures with :func:`functools.partial` or a lambda.
+    y_true : array-like of shape (n_samples,)
+        Labels, or a structured survival array (:class:`sksurv.util.Surv`).
+    y_score : array-like of shape (n_samples,) or (n_samples, n_classes)
+        Scores, probabilities, predicted labels or risks, whatever ``metric`` takes.
+    groups : array-like of shape (n_samples,), optional
+        Resample whole groups (patients) instead of samples: lesions of one patient are
+        not independent, and resampling patients gives honest intervals.
+    n_resamples : int, default=1000
+        Bootstrap resamples.
+    alpha : float, default=0.05
+        The interval covers ``1 - alpha`` (95 % by default).
+    random_state : int, RandomState instance or None
+        Seeds the resampling.
+
+    Returns
+    -------
+    BootstrapCI
+        ``estimate`` (the metric on all samples), ``low``, ``high``. Resamples on which
+        the metric is undefined (it raises, warns or returns NaN; e.g. one class only)
+        are left out and counted in ``n_failed``.
+
+    Raises
+    ------
+    ValueError
+        When the metric fails on the whole sample or on every resample.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.metrics import roc_auc_score
+    >>> from skfmcib.evaluation import bootstrap_ci
+    >>> rng = np.random.default_rng(0)
+    >>> y = rng.integers(0, 2, 200)
+    >>> score = y + rng.normal(0, 1, 200)
+    >>> ci = bootstrap_ci(roc_auc_score, y, score, n_resamples=200, random_state=0)
+    >>> ci.low < ci.estimate < ci.high
+    True
+    >>> print(ci)
+    0.76 [0.69, 0.82]
+    """
+    y_true, y_score = _as_array(y_true), _as_array(y_score)
+    if len(y_true) != len(y_score):
+        raise ValueError(f"y_true has {len(y_true)} samples but y_score has {len(y_score)}")
+
+    def statistic(idx: np.ndarray) -> float:
+        return metric(y_true[idx], y_score[idx])
+
+    return _bootstrap(
+        statistic,
+        len(y_true),
+        groups=groups,
+        n_resamples=n_resamples,
+        alpha=alpha,
+        random_state=random_state,
+    )
+
+
+def bootstrap_ci_difference(
+    metric: Metric,
+    y_true,
+    y_score,
+    y_score_reference,
+    *,
+    groups=None,
+    n_resamples: int = 1000,
+    alpha: float = 0.05,
+    random_state=None,
+) -> BootstrapCI:
+    """Paired bootstrap interval of ``metric(y, y_score) - metric(y, y_score_reference)``.
+
+    Both scores are evaluated on the same resamples, so the interval of the difference
+    is much narrower than two separate intervals suggest. An interval that excludes 0
+    says the two models differ at level ``alpha``.
+
+    Parameters
+    ----------
+    metric : callable
+        ``metric(y_true, y_score) -> float``.
+    y_true : array-like of shape (n_samples,)
+        Labels or a structured survival array.
+    y_score, y_score_reference : array-like
+        Scores of the model and of the reference model (e.g. the radiomics baseline).
+    groups, n_resamples, alpha, random_state
+        As in :func:`bootstrap_ci`.
+
+    Returns
+    -------
+    BootstrapCI
+        The difference and its interval.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.metrics import roc_auc_score
+    >>> from skfmcib.evaluation import bootstrap_ci_difference
+    >>> rng = np.random.default_rng(0)
+    >>> y = rng.integers(0, 2, 300)
+    >>> good, weak = y + rng.normal(0, 0.7, 300), y + rng.normal(0, 2.0, 300)
+    >>> diff = bootstrap_ci_difference(roc_auc_score, y, good, weak, random_state=0)
+    >>> bool(diff.low > 0)
+    True
+    """
+    y_true = _as_array(y_true)
+    a, b = _as_array(y_score), _as_array(y_score_reference)
+    if not len(y_true) == len(a) == len(b):
+        raise ValueError(
+            f"y_true, y_score and y_score_reference have {len(y_true)}, {len(a)} and "
+            f"{len(b)} samples"
+        )
+
+    def statistic(idx: np.ndarray) -> float:
+        return metric(y_true[idx], a[idx]) - metric(y_true[idx], b[idx])
+
+    return _bootstrap(
+        statistic,
+        len(y_true),
+        groups=groups,
+        n_resamples=n_resamples,
+        alpha=alpha,
+        random_state=random_state,
+    )
+
+
+# ----------------------------------------------------------------- survival metrics
+
+
+def is_survival_target(y) -> bool:
+    """Whether ``y`` is a structured (event, time) array as scikit-survival uses.
+
+    Examples
+    --------
+    >>> from sksurv.util import Surv
+    >>> from skfmcib.evaluation import is_survival_target
+    >>> is_survival_target(Surv.from_arrays([True, False], [3.0, 5.0])), is_survival_target([0, 1])
+    (True, False)
+    """
+    dtype = getattr(y, "dtype", None)
+    return dtype is not None and dtype.names is not None and len(dtype.names) == 2
+
+
+def harrell_c(y, risk) -> float:
+    """Harrell's concordance index of risk scores (higher risk, earlier event).
+
+    Parameters
+    ----------
+    y : structured array of shape (n_samples,)
+        Event indicator and time (:class:`sksurv.util.Surv`).
+    risk : array-like of shape (n_samples,)
+        Predicted risk, e.g. ``CoxnetSurvivalAnalysis.predict``.
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> from sksurv.util import Surv
+    >>> from skfmcib.evaluation import harrell_c
+    >>> y = Surv.from_arrays([True, True, False, True], [2.0, 4.0, 5.0, 8.0])
+    >>> harrell_c(y, [4.0, 3.0, 2.0, 1.0])
+    1.0
+    """
+    event, time = check_y_survival(y)
+    return float(concordance_index_censored(event, time, np.asarray(risk, dtype=float))[0])
+
+
+def uno_c(y, risk, *, y_train=None, tau: float | None = None) -> float:
+    """Uno's inverse-probability-of-censoring weighted concordance index.
+
+    Parameters
+    ----------
+    y : structured array of shape (n_samples,)
+        Event indicator and time of the evaluated samples.
+    risk : array-like of shape (n_samples,)
+        Predicted risk.
+    y_train : structured array, optional
+        Data the censoring distribution is estimated from (by default ``y`` itself).
+    tau : float, optional
+        Truncation time: only pairs whose earlier time is below ``tau`` count. Choose it
+        where enough samples are still followed up; by default the largest time at which
+        the censoring distribution is still positive.
+
+    Returns
+    -------
+    float
+
+    See Also
+    --------
+    sksurv.metrics.concordance_index_ipcw : The implementation.
+
+    Examples
+    --------
+    >>> from sksurv.util import Surv
+    >>> from skfmcib.evaluation import uno_c
+    >>> y = Surv.from_arrays([True, True, False, True, False], [2.0, 4.0, 5.0, 8.0, 9.0])
+    >>> uno_c(y, [5.0, 4.0, 3.0, 2.0, 1.0])
+    1.0
+    """
+    reference = y if y_train is None else y_train
+    if tau is None:
+        tau = _default_tau(reference)
+    return float(concordance_index_ipcw(reference, y, np.asarray(risk, dtype=float), tau=tau)[0])
+
+
+def _default_tau(y) -> float | None:
+    """The largest time before which the censoring survival stays positive."""
+    event, time = check_y_survival(y)
+    last = time.max()
+    if event[time == last].all():
+        return None  # censoring distribution positive everywhere
+    return float(np.nextafter(last, -np.inf))
+
+
+def survival_auc(y, risk, *, horizon: float) -> float:
+    """AUC of risk scores for the binary endpoint "event by ``horizon``".
+
+    The paper's 2-year survival AUC: samples with an event at or before ``horizon`` are
+    positives, samples followed beyond ``horizon`` are negatives, and samples censored
+    before ``horizon`` (status unknown) are left out. For a censoring-weighted version
+    use :func:`sksurv.metrics.cumulative_dynamic_auc`.
+
+    Parameters
+    ----------
+    y : structured array of shape (n_samples,)
+        Event indicator and time.
+    risk : array-like of shape (n_samples,)
+        Predicted risk (higher: earlier event).
+    horizon : float
+        Time of the endpoint, in the units of ``y`` (24 for two years in months).
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> from sksurv.util import Surv
+    >>> from skfmcib.evaluation import survival_auc
+    >>> y = Surv.from_arrays([True, False, True, False], [10.0, 12.0, 30.0, 40.0])
+    >>> survival_auc(y, [0.9, 0.8, 0.4, 0.1], horizon=24)  # the sample censored at 12 is left out
+    1.0
+    """
+    event, time = check_y_survival(y)
+    risk = np.asarray(risk, dtype=float)
+    positive = event & (time <= horizon)
+    known = positive | (time > horizon)
+    return float(roc_auc_score(positive[known], risk[known]))
+
+
+# ------------------------------------------------------------ cross-validation folds
+
+
+def make_cv(
+    cv=5,
+    *,
+    y=None,
+    groups=None,
+    classifier: bool = True,
+    shuffle: bool = True,
+    random_state=None,
+):
+    """The cross-validation splitter the evaluation functions use.
+
+    Lesions of one patient stay in one fold when ``groups`` is given
+    (:class:`~sklearn.model_selection.StratifiedGroupKFold` for classification,
+    :class:`~sklearn.model_selection.GroupKFold` otherwise). Survival targets are
+    stratified on the event indicator when split with :func:`split_target`.
+
+    Parameters
+    ----------
+    cv : int or cross-validation splitter, default=5
+        Number of folds, or a splitter returned as is.
+    y : array-like, optional
+        The target; a classification target (or a survival target, through its event
+        indicator) makes the folds stratified.
+    groups : array-like, optional
+        Group (patient) of each sample.
+    classifier : bool, default=True
+        Whether the estimator is a classifier (stratify on ``y``).
+    shuffle : bool, default=True
+        Shuffle before splitting.
+    random_state : int or None
+        Seed of the shuffling.
+
+    Returns
+    -------
+    cross-validation splitter
+
+    Examples
+    --------
+    >>> from skfmcib.evaluation import make_cv
+    >>> make_cv(3, groups=[0, 0, 1, 1, 2, 2], random_state=0)
+    StratifiedGroupKFold(n_splits=3, random_state=0, shuffle=True)
+    """
+    if not isinstance(cv, Integral) or isinstance(cv, bool):
+        return cv
+    rs = random_state if shuffle else None
+    stratify = classifier or (y is not None and is_survival_target(y))
+    if groups is not None:
+        if stratify:
+            return StratifiedGroupKFold(n_splits=cv, shuffle=shuffle, random_state=rs)
+        return GroupKFold(n_splits=cv, shuffle=shuffle, random_state=rs)
+    if stratify:
+        return StratifiedKFold(n_splits=cv, shuffle=shuffle, random_state=rs)
+    return KFold(n_splits=cv, shuffle=shuffle, random_state=rs)
+
+
+def split_target(y) -> np.ndarray:
+    """What folds are stratified on: the labels, or a survival target's event indicator.
+
+    Examples
+    --------
+    >>> from sksurv.util import Surv
+    >>> from skfmcib.evaluation import split_target
+    >>> split_target(Surv.from_arrays([True, False], [3.0, 5.0])).tolist()
+    [True, False]
+    """
+    if is_survival_target(y):
+        return check_y_survival(y)[0]
+    return np.asarray(y)
+
+
+# ------------------------------------------------------------------ label efficiency
+
+
+def _nested_subsets(
+    train: np.ndarray, strata: np.ndarray | None, fractions: Sequence[float], rng
+) -> dict[float, np.ndarray]:
+    """Nested random subsets of ``train`` (each fraction contains the smaller ones).
+
+    Stratified: each stratum keeps its share, and at least one sample.
+    """
+    if strata is None:
+        order = rng.permutation(train)
+        return {f: np.sort(order[: max(1, math.ceil(f * len(train)))]) for f in fractions}
+    out = {}
+    by_stratum = [rng.permutation(train[strata[train] == s]) for s in np.unique(strata[train])]
+    for f in fractions:
+        out[f] = np.sort(
+            np.concatenate([idx[: max(1, math.ceil(f * len(idx)))] for idx in by_stratum])
+        )
+    return out
+
+
+def label_efficiency_curve(
+    estimator,
+    X,
+    y,
+    *,
+    fractions: Sequence[float] = (1.0, 0.5, 0.2, 0.1),
+    cv=5,
+    scoring=None,
+    groups=None,
+    n_repeats: int = 1,
+    random_state=None,
+) -> pd.DataFrame:
+    """Cross-validated score against the fraction of training labels used.
+
+    For every cross-validation fold, the training part is subsampled to each fraction
+    (nested subsets, stratified by class, or by event for survival targets, keeping at
+    least one sample of each), the estimator is fitted on the subsample and scored on
+    the whole test fold, which is the same for every fraction.
+
+    Parameters
+    ----------
+    estimator : estimator
+        Cloned for every fit. With very small fractions, prefer a head with fixed
+        hyper-parameters: an inner search has too few labels to split.
+    X : array-like or DataFrame of shape (n_samples, ...)
+        Input (a feature matrix is much faster than a lesion table: computing features
+        is then done once).
+    y : array-like of shape (n_samples,)
+        Target (labels or a structured survival array).
+    fractions : sequence of float, default=(1.0, 0.5, 0.2, 0.1)
+        Fractions of the training labels, in (0, 1].
+    cv : int or splitter, default=5
+        Folds (see :func:`make_cv`; patients stay together when ``groups`` is given).
+    scoring : str or callable, optional
+        A scikit-learn scorer; by default ``estimator.score`` (accuracy for classifiers,
+        Harrell's concordance index for scikit-survival models).
+    groups : array-like of shape (n_samples,), optional
+        Patient of each sample, for group-aware folds.
+    n_repeats : int, default=1
+        Independent subsamples per fold and fraction.
+    random_state : int or None
+        Seeds the folds and subsamples.
+
+    Returns
+    -------
+    DataFrame
+        One row per fold, repeat and fraction, with columns ``fraction``, ``repeat``,
+        ``fold``, ``n_train`` and ``score``.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import make_classification
+    >>> from sklearn.linear_model import LogisticRegression
+    >>> from skfmcib.evaluation import label_efficiency_curve
+    >>> X, y = make_classification(200, 10, random_state=0)
+    >>> curve = label_efficiency_curve(LogisticRegression(), X, y, scoring="roc_auc",
+    ...                                random_state=0)
+    >>> curve.groupby("fraction")["score"].mean().round(2).to_dict()
+    {0.1: 0.93, 0.2: 0.97, 0.5: 0.98, 1.0: 0.98}
+    """
+    fractions = [float(f) for f in fractions]
+    if not fractions or any(not 0 < f <= 1 for f in fractions):
+        raise ValueError(f"fractions must lie in (0, 1], got {fractions}")
+    if isinstance(n_repeats, bool) or not isinstance(n_repeats, Integral) or n_repeats < 1:
+        raise ValueError(f"n_repeats must be a positive integer, got {n_repeats!r}")
+    y_arr = _as_array(y)
+    strata = split_target(y_arr) if is_classifier(estimator) or is_survival_target(y_arr) else None
+    if strata is not None and type_of_target(strata) not in ("binary", "multiclass"):
+        strata = None
+    splitter = make_cv(
+        cv,
+        y=y_arr,
+        groups=groups,
+        classifier=is_classifier(estimator),
+        random_state=random_state,
+    )
+    scorer = check_scoring(estimator, scoring)
+    rng = check_random_state(random_state)
+    split_y = split_target(y_arr)
+    rows = []
+    with one_blas_thread():
+        for fold, (train, test) in enumerate(splitter.split(X, split_y, groups)):
+            X_test, y_test = _safe_indexing(X, test), y_arr[test]
+            for repeat in range(n_repeats):
+                for fraction, subset in _nested_subsets(train, strata, fractions, rng).items():
+                    model = clone(estimator).fit(_safe_indexing(X, subset), y_arr[subset])
+                    rows.append(
+                        {
+                            "fraction": fraction,
+                            "repeat": repeat,
+                            "fold": fold,
+                            "n_train": len(subset),
+                            "score": float(scorer(model, X_test, y_test)),
+                        }
+                    )
+    return pd.DataFrame(rows, columns=["fraction", "repeat", "fold", "n_train", "score"])

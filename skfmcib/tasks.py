@@ -1,0 +1,818 @@
+"""The paper's three downstream tasks as scikit-learn pipelines, and their evaluation.
+
+Each builder returns a :class:`~sklearn.pipeline.Pipeline` with two steps:
+
+- ``"features"``: :class:`~skfmcib.FMCIBTransformer` (``features="fmcib"``), the
+  :class:`~skfmcib.radiomics.RadiomicsTransformer` baseline (``"radiomics"``), any
+  transformer, or ``None`` when ``X`` already is a feature matrix;
+- ``"head"``: :class:`~sklearn.model_selection.GridSearchCV` over
+  ``StandardScaler -> PCA -> model``: an L2-penalised logistic regression
+  (malignancy), a multinomial one (anatomical site) or scikit-survival's ridge-penalised
+  Cox model (survival).
+
+The PCA keeps every component: it only rotates the standardised features onto the
+span of the training lesions. An L2 (ridge) penalty does not change under rotations,
+and the penalised solution lies in that span, so the model's predictions are the same
+as on the standardised features themselves (up to the solver's tolerance); but with
+4096 features and a few hundred lesions, the model is fitted on a few hundred columns
+instead of 4096, which makes the search many times faster.
+
+The search sits after the feature step because the encoder is frozen: the features of
+a lesion do not depend on which lesions the pipeline is fitted on, so tuning the head
+on features computed once selects exactly what a search over the whole pipeline
+(``GridSearchCV(Pipeline([fmcib, scaler, model]))``) would, without encoding every
+lesion again for every candidate and fold.
+
+The ``evaluate_*`` functions run the pipeline in (nested) cross-validation, keeping the
+lesions of one patient in one fold when ``groups`` is given (also in the inner search),
+and report the paper's metrics on the pooled out-of-fold predictions, with bootstrap
+intervals that resample patients.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, clone, is_classifier
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import (
+    average_precision_score,
+    balanced_accuracy_score,
+    make_scorer,
+    roc_auc_score,
+)
+from sklearn.model_selection import GridSearchCV
+from sklearn.model_selection._search import BaseSearchCV
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils import _safe_indexing
+from sksurv.linear_model import CoxPHSurvivalAnalysis
+from sksurv.metrics import as_concordance_index_ipcw_scorer
+from sksurv.util import check_y_survival
+
+from .evaluation import (
+    BootstrapCI,
+    bootstrap_ci,
+    bootstrap_ci_difference,
+    harrell_c,
+    make_cv,
+    one_blas_thread,
+    split_target,
+    survival_auc,
+    uno_c,
+)
+
+__all__ = [
+    "MetricSpec",
+    "TaskResult",
+    "balanced_accuracy_scorer",
+    "compare_results",
+    "cross_validated_predictions",
+    "evaluate_malignancy",
+    "evaluate_site",
+    "evaluate_survival",
+    "malignancy_pipeline",
+    "site_pipeline",
+    "survival_pipeline",
+]
+
+#: Default search grid of the logistic regressions' inverse penalty ``C``.
+C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+#: Default search grid of the Cox model's ridge penalty ``alpha``.
+ALPHA_GRID = (10.0, 100.0, 1000.0, 10000.0)
+
+
+# --------------------------------------------------------------------------- builders
+
+
+def _balanced_accuracy(y_true, y_pred) -> float:
+    """Balanced accuracy; predicting a class absent from ``y_true`` is no problem."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "y_pred contains classes not in y_true")
+        return float(balanced_accuracy_score(y_true, y_pred))
+
+
+#: Balanced accuracy as a scorer for searches and label-efficiency curves. Small folds
+#: may lack a class that the model predicts; the score (mean recall over the classes
+#: present) is still defined, so scikit-learn's warning about it is not shown.
+balanced_accuracy_scorer = make_scorer(_balanced_accuracy)
+
+
+def _feature_step(features):
+    if features is None or (isinstance(features, str) and features == "passthrough"):
+        return "passthrough"
+    if isinstance(features, str):
+        if features == "fmcib":
+            from .transformer import FMCIBTransformer
+
+            return FMCIBTransformer()
+        if features == "radiomics":
+            from .radiomics import RadiomicsTransformer
+
+            return RadiomicsTransformer()
+        raise ValueError(
+            f"features must be 'fmcib', 'radiomics', None or a transformer, got {features!r}"
+        )
+    if not hasattr(features, "transform"):
+        raise TypeError(f"features must be a transformer, got {type(features).__name__}")
+    return features
+
+
+def _head(model) -> Pipeline:
+    return Pipeline(
+        [("scale", StandardScaler()), ("rotate", PCA(svd_solver="full")), ("model", model)]
+    )
+
+
+def _with_search(features, head: Pipeline, param_grid, scoring, cv, tune: bool) -> Pipeline:
+    if tune:
+        head = GridSearchCV(head, param_grid, scoring=scoring, cv=cv, error_score="raise")
+    return Pipeline([("features", _feature_step(features)), ("head", head)])
+
+
+def malignancy_pipeline(
+    features="fmcib",
+    *,
+    param_grid: dict | None = None,
+    cv=3,
+    scoring="roc_auc",
+    tune: bool = True,
+    C: float = 0.01,
+) -> Pipeline:
+    """Features -> StandardScaler -> (PCA) -> LogisticRegression, tuned by GridSearchCV.
+
+    The PCA keeps every component, a rotation that leaves the L2-penalised model's
+    predictions unchanged and makes it fast (see the module's documentation).
+
+    Parameters
+    ----------
+    features : "fmcib", "radiomics", transformer or None, default="fmcib"
+        The feature step: :class:`~skfmcib.FMCIBTransformer` with its defaults (the
+        official weights), the radiomics baseline, a configured transformer, or None
+        when ``X`` already holds features.
+    param_grid : dict, optional
+        The search grid (keys like ``"model__C"``); by default ``C`` in :data:`C_GRID`.
+    cv : int or splitter, default=3
+        Inner cross-validation of the search. To keep the lesions of a patient together
+        pass a :class:`~sklearn.model_selection.StratifiedGroupKFold` and fit with
+        ``head__groups=patient_ids`` (the ``evaluate_*`` functions do both).
+    scoring : str or callable, default="roc_auc"
+        What the search maximises.
+    tune : bool, default=True
+        False gives the plain head with ``C`` fixed (for tiny training sets, such as
+        label-efficiency curves, where an inner search cannot split).
+    C : float, default=0.01
+        Inverse penalty when ``tune=False``.
+
+    Returns
+    -------
+    Pipeline
+        Steps ``"features"`` and ``"head"`` (a GridSearchCV, or the plain head).
+
+    Examples
+    --------
+    >>> from sklearn.datasets import make_classification
+    >>> from skfmcib.tasks import malignancy_pipeline
+    >>> X, y = make_classification(60, 20, random_state=0)
+    >>> model = malignancy_pipeline(features=None).fit(X, y)  # X: features already
+    >>> model.named_steps["head"].best_params_
+    {'model__C': 0.0001}
+    >>> model.predict_proba(X[:2]).shape
+    (2, 2)
+
+    On lesion tables, with the official FMCIB weights:
+
+    >>> model = malignancy_pipeline("fmcib")  # doctest: +SKIP
+    >>> model.fit(cohort, cohort["malignant"])  # doctest: +SKIP
+    """
+    head = _head(LogisticRegression(C=C, max_iter=5000))
+    grid = {"model__C": list(C_GRID)} if param_grid is None else param_grid
+    return _with_search(features, head, grid, scoring, cv, tune)
+
+
+def site_pipeline(
+    features="fmcib",
+    *,
+    param_grid: dict | None = None,
+    cv=3,
+    scoring=None,
+    tune: bool = True,
+    C: float = 0.01,
+) -> Pipeline:
+    """Features -> StandardScaler -> (PCA) -> multinomial LogisticRegression, tuned.
+
+    The classes are weighted inversely to their frequency (``class_weight="balanced"``),
+    as befits the balanced-accuracy target.
+
+    Parameters
+    ----------
+    features, param_grid, cv, tune, C
+        As in :func:`malignancy_pipeline`.
+    scoring : str or callable, optional
+        What the search maximises; by default :data:`balanced_accuracy_scorer`.
+
+    Returns
+    -------
+    Pipeline
+        Steps ``"features"`` and ``"head"``.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import make_classification
+    >>> from skfmcib.tasks import site_pipeline
+    >>> X, y = make_classification(90, 20, n_informative=6, n_classes=3, random_state=0)
+    >>> site_pipeline(features=None).fit(X, y).predict_proba(X[:2]).shape
+    (2, 3)
+    """
+    head = _head(LogisticRegression(C=C, class_weight="balanced", max_iter=5000))
+    grid = {"model__C": list(C_GRID)} if param_grid is None else param_grid
+    scoring = balanced_accuracy_scorer if scoring is None else scoring
+    return _with_search(features, head, grid, scoring, cv, tune)
+
+
+def survival_pipeline(
+    features="fmcib",
+    *,
+    param_grid: dict | None = None,
+    cv=3,
+    tau: float | None = None,
+    tune: bool = True,
+    alpha: float = 1000.0,
+) -> Pipeline:
+    """Features -> StandardScaler -> (PCA) -> ridge Cox model, tuned by GridSearchCV.
+
+    The model is scikit-survival's :class:`~sksurv.linear_model.CoxPHSurvivalAnalysis`
+    with a ridge penalty ``alpha`` (the search picks it); ``predict`` gives the risk
+    score (the linear predictor). The PCA keeps every component, a rotation that leaves
+    the ridge model's predictions unchanged and makes it fast. The target is a
+    structured array, e.g. ``Surv.from_arrays(event, time)``.
+
+    Parameters
+    ----------
+    features, cv, tune
+        As in :func:`malignancy_pipeline` (the inner folds are
+        :class:`~sklearn.model_selection.KFold` or
+        :class:`~sklearn.model_selection.GroupKFold`).
+    param_grid : dict, optional
+        The search grid; by default ``alpha`` in :data:`ALPHA_GRID`.
+    tau : float, optional
+        None: the search maximises Harrell's concordance index (the model's ``score``).
+        A time: it maximises Uno's IPCW concordance index truncated at ``tau``
+        (:func:`sksurv.metrics.as_concordance_index_ipcw_scorer`, whose grid keys then
+        start with ``"estimator__"``).
+    alpha : float, default=1000.0
+        Penalty when ``tune=False``.
+
+    Returns
+    -------
+    Pipeline
+        Steps ``"features"`` and ``"head"``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sksurv.util import Surv
+    >>> from skfmcib.tasks import survival_pipeline
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(80, 10))
+    >>> time = rng.exponential(np.exp(-X[:, 0]))
+    >>> y = Surv.from_arrays(rng.random(80) < 0.8, time)
+    >>> model = survival_pipeline(features=None).fit(X, y)
+    >>> risk = model.predict(X)
+    >>> bool(np.corrcoef(risk, X[:, 0])[0, 1] > 0.5)
+    True
+    """
+    head = _head(CoxPHSurvivalAnalysis(alpha=alpha))
+    prefix = ""
+    if tau is not None:
+        head = as_concordance_index_ipcw_scorer(head, tau=tau)
+        prefix = "estimator__"
+    if param_grid is None:
+        param_grid = {f"{prefix}model__alpha": list(ALPHA_GRID)}
+    return _with_search(features, head, param_grid, None, cv, tune)
+
+
+# ------------------------------------------------------------------------- evaluation
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A metric of a task: its name, label, function and which prediction it takes.
+
+    Attributes
+    ----------
+    name : str
+        Key in :attr:`TaskResult.metrics` (e.g. ``"roc_auc"``).
+    label : str
+        Human-readable label (e.g. ``"AUC"``).
+    function : callable
+        ``function(y_true, prediction) -> float``.
+    uses : {"score", "pred"}
+        Whether it takes the scores (probabilities, risks) or the predicted labels.
+    """
+
+    name: str
+    label: str
+    function: Callable[[np.ndarray, np.ndarray], float]
+    uses: str = "score"
+
+
+@dataclass
+class TaskResult:
+    """Cross-validated predictions of a task and its metrics with bootstrap intervals.
+
+    Attributes
+    ----------
+    task : str
+        ``"malignancy"``, ``"site"`` or ``"survival"``.
+    metrics : dict of str to BootstrapCI
+        Each metric's estimate and interval, in the order of ``specs``.
+    specs : list of MetricSpec
+        How each metric was computed.
+    y_true : ndarray
+        The target, in the input's order.
+    y_score : ndarray
+        Out-of-fold scores: the positive class's probability (malignancy), class
+        probabilities in the order of ``classes`` (site) or risk scores (survival).
+    y_pred : ndarray or None
+        Out-of-fold predicted labels (classification).
+    fold : ndarray of int
+        The outer fold each sample was tested in.
+    best_params : list of dict
+        The search's choice in each outer fold (empty dicts without a search).
+    groups : ndarray or None
+        The patients, when given.
+    classes : ndarray or None
+        Class labels (classification).
+    """
+
+    task: str
+    metrics: dict[str, BootstrapCI]
+    specs: list[MetricSpec]
+    y_true: np.ndarray
+    y_score: np.ndarray
+    y_pred: np.ndarray | None
+    fold: np.ndarray
+    best_params: list[dict] = field(default_factory=list)
+    groups: np.ndarray | None = None
+    classes: np.ndarray | None = None
+
+    def prediction(self, spec: MetricSpec) -> np.ndarray:
+        """The prediction ``spec`` is computed from (``y_score`` or ``y_pred``)."""
+        return self.y_pred if spec.uses == "pred" else self.y_score
+
+    def to_frame(self) -> pd.DataFrame:
+        """The metrics as a table: ``metric``, ``label``, ``estimate``, ``low``, ``high``.
+
+        Returns
+        -------
+        DataFrame
+        """
+        return pd.DataFrame(
+            [
+                {
+                    "task": self.task,
+                    "metric": spec.name,
+                    "label": spec.label,
+                    "estimate": self.metrics[spec.name].estimate,
+                    "low": self.metrics[spec.name].low,
+                    "high": self.metrics[spec.name].high,
+                }
+                for spec in self.specs
+            ]
+        )
+
+
+def _inner_groups(estimator, groups_train, random_state):
+    """Make the inner search of ``estimator`` group-aware; return (estimator, fit params)."""
+    if groups_train is None:
+        return estimator, {}
+    if isinstance(estimator, BaseSearchCV):
+        search, prefix = estimator, ""
+    elif isinstance(estimator, Pipeline) and isinstance(estimator.steps[-1][1], BaseSearchCV):
+        name, search = estimator.steps[-1]
+        prefix = f"{name}__"
+    else:
+        return estimator, {}
+    inner = make_cv(
+        search.cv if search.cv is not None else 5,
+        groups=groups_train,
+        classifier=is_classifier(search.estimator),
+        random_state=random_state,
+    )
+    estimator.set_params(**{f"{prefix}cv": inner})
+    return estimator, {f"{prefix}groups": groups_train}
+
+
+def _search_of(estimator):
+    if isinstance(estimator, BaseSearchCV):
+        return estimator
+    if isinstance(estimator, Pipeline) and isinstance(estimator.steps[-1][1], BaseSearchCV):
+        return estimator.steps[-1][1]
+    return None
+
+
+def cross_validated_predictions(
+    estimator: BaseEstimator,
+    X,
+    y,
+    *,
+    groups=None,
+    cv=5,
+    method: str = "predict_proba",
+    random_state=None,
+) -> tuple[np.ndarray, np.ndarray, list[dict], np.ndarray | None]:
+    """Out-of-fold predictions of an estimator (with its inner search kept group-aware).
+
+    Like :func:`sklearn.model_selection.cross_val_predict`, and in addition: the folds
+    keep each patient's lesions together (``groups``), an inner search (the ``"head"``
+    of the task pipelines) splits by patient too, the chosen hyper-parameters are
+    returned, and ``predict_proba`` columns follow all classes even when a class is
+    missing from a training fold.
+
+    Parameters
+    ----------
+    estimator : estimator
+        Cloned for each fold.
+    X : array-like or DataFrame
+        Input (features or a lesion table).
+    y : array-like
+        Target (labels or a structured survival array).
+    groups : array-like, optional
+        Patient of each sample.
+    cv : int or splitter, default=5
+        Outer folds (see :func:`skfmcib.evaluation.make_cv`).
+    method : {"predict_proba", "predict", "decision_function"}, default="predict_proba"
+        What to predict.
+    random_state : int or None
+        Seeds the folds.
+
+    Returns
+    -------
+    predictions : ndarray
+        In the input's order.
+    fold : ndarray of int
+        Outer fold of each sample.
+    best_params : list of dict
+        The inner search's choice per fold (empty dicts without a search).
+    classes : ndarray or None
+        Column order of ``predict_proba`` output.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import make_classification
+    >>> from skfmcib.tasks import cross_validated_predictions, malignancy_pipeline
+    >>> X, y = make_classification(60, 10, random_state=0)
+    >>> patients = [i // 3 for i in range(60)]
+    >>> proba, fold, params, classes = cross_validated_predictions(
+    ...     malignancy_pipeline(features=None), X, y, groups=patients, random_state=0)
+    >>> proba.shape, len(params), classes.tolist()
+    ((60, 2), 5, [0, 1])
+    """
+    y = y if isinstance(y, np.ndarray) else np.asarray(y)
+    groups = None if groups is None else np.asarray(groups)
+    classifier = is_classifier(estimator)
+    splitter = make_cv(cv, y=y, groups=groups, classifier=classifier, random_state=random_state)
+    classes = np.unique(y) if method == "predict_proba" else None
+    with one_blas_thread():
+        return _cross_validated(estimator, X, y, groups, splitter, method, classes, random_state)
+
+
+def _cross_validated(estimator, X, y, groups, splitter, method, classes, random_state):
+    out = None
+    fold = np.full(len(y), -1)
+    best_params: list[dict] = []
+    for k, (train, test) in enumerate(splitter.split(X, split_target(y), groups)):
+        model, fit_params = _inner_groups(
+            clone(estimator), None if groups is None else groups[train], random_state
+        )
+        model.fit(_safe_indexing(X, train), y[train], **fit_params)
+        pred = getattr(model, method)(_safe_indexing(X, test))
+        if method == "predict_proba":
+            full = np.zeros((len(test), len(classes)))
+            full[:, np.searchsorted(classes, model.classes_)] = pred
+            pred = full
+        if out is None:
+            out = np.zeros((len(y), *np.shape(pred)[1:]), dtype=np.float64)
+        out[test] = pred
+        fold[test] = k
+        search = _search_of(model)
+        best_params.append(dict(search.best_params_) if search is not None else {})
+    return out, fold, best_params, classes
+
+
+def _bootstrap_all(result: TaskResult, n_resamples, alpha, random_state) -> None:
+    for spec in result.specs:
+        result.metrics[spec.name] = bootstrap_ci(
+            spec.function,
+            result.y_true,
+            result.prediction(spec),
+            groups=result.groups,
+            n_resamples=n_resamples,
+            alpha=alpha,
+            random_state=random_state,
+        )
+
+
+def _check_binary(y) -> np.ndarray:
+    y = np.asarray(y)
+    classes = np.unique(y)
+    if len(classes) != 2:
+        raise ValueError(f"malignancy needs two classes, got {classes.tolist()}")
+    return y
+
+
+def evaluate_malignancy(
+    estimator,
+    X,
+    y,
+    *,
+    groups=None,
+    cv=5,
+    n_resamples: int = 1000,
+    alpha: float = 0.05,
+    random_state=None,
+) -> TaskResult:
+    """Cross-validated malignancy AUC and mAP (average precision) with bootstrap intervals.
+
+    Parameters
+    ----------
+    estimator : estimator
+        A classifier with ``predict_proba``, typically :func:`malignancy_pipeline`.
+    X : array-like or DataFrame
+        Features, or a lesion table when the estimator computes features.
+    y : array-like of shape (n_samples,)
+        Binary labels (1: malignant).
+    groups : array-like, optional
+        Patient of each lesion; folds, inner search and bootstrap then keep patients
+        together.
+    cv : int or splitter, default=5
+        Outer folds.
+    n_resamples : int, default=1000
+        Bootstrap resamples.
+    alpha : float, default=0.05
+        1 - confidence level.
+    random_state : int or None
+        Seeds folds and bootstrap.
+
+    Returns
+    -------
+    TaskResult
+        Metrics ``roc_auc`` (AUC), ``average_precision`` (mAP) and ``balanced_accuracy``
+        (at probability 0.5), on the pooled out-of-fold predictions.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import make_classification
+    >>> from skfmcib.tasks import evaluate_malignancy, malignancy_pipeline
+    >>> X, y = make_classification(80, 10, random_state=0)
+    >>> result = evaluate_malignancy(malignancy_pipeline(features=None), X, y,
+    ...                              n_resamples=200, random_state=0)
+    >>> print(result.metrics["roc_auc"])
+    0.93 [0.88, 0.98]
+    """
+    y = _check_binary(y)
+    proba, fold, params, classes = cross_validated_predictions(
+        estimator, X, y, groups=groups, cv=cv, random_state=random_state
+    )
+    positive = classes[1]
+    specs = [
+        MetricSpec("roc_auc", "AUC", roc_auc_score),
+        MetricSpec("average_precision", "mAP", partial(_ap, positive=positive)),
+        MetricSpec("balanced_accuracy", "balanced accuracy", _balanced_accuracy, "pred"),
+    ]
+    result = TaskResult(
+        task="malignancy",
+        metrics={},
+        specs=specs,
+        y_true=y,
+        y_score=proba[:, 1],
+        y_pred=np.where(proba[:, 1] >= 0.5, positive, classes[0]),
+        fold=fold,
+        best_params=params,
+        groups=None if groups is None else np.asarray(groups),
+        classes=classes,
+    )
+    _bootstrap_all(result, n_resamples, alpha, random_state)
+    return result
+
+
+def _ap(y_true, y_score, positive) -> float:
+    return float(average_precision_score(y_true, y_score, pos_label=positive))
+
+
+def _macro_ap(y_true, proba, classes) -> float:
+    """Mean over classes of one-vs-rest average precision (classes present only)."""
+    present = np.isin(classes, y_true)
+    if present.sum() < 2:
+        raise ValueError("mAP needs at least two classes present")
+    aps = [
+        average_precision_score(y_true == c, proba[:, j])
+        for j, c in enumerate(classes)
+        if present[j]
+    ]
+    return float(np.mean(aps))
+
+
+def evaluate_site(
+    estimator,
+    X,
+    y,
+    *,
+    groups=None,
+    cv=5,
+    n_resamples: int = 1000,
+    alpha: float = 0.05,
+    random_state=None,
+) -> TaskResult:
+    """Cross-validated anatomical-site balanced accuracy and mAP with bootstrap intervals.
+
+    Parameters
+    ----------
+    estimator : estimator
+        A multiclass classifier with ``predict_proba``, typically :func:`site_pipeline`.
+    X : array-like or DataFrame
+        Features or a lesion table.
+    y : array-like of shape (n_samples,)
+        Class labels (strings or integers).
+    groups, cv, n_resamples, alpha, random_state
+        As in :func:`evaluate_malignancy`.
+
+    Returns
+    -------
+    TaskResult
+        Metrics ``balanced_accuracy`` and ``mean_average_precision`` (mAP: one-vs-rest
+        average precision, averaged over the classes present), on the pooled
+        out-of-fold predictions; ``y_score`` holds the probabilities in the order of
+        ``classes``.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import make_classification
+    >>> from skfmcib.tasks import evaluate_site, site_pipeline
+    >>> X, y = make_classification(90, 20, n_informative=6, n_classes=3, random_state=0)
+    >>> result = evaluate_site(site_pipeline(features=None), X, y, n_resamples=100,
+    ...                        random_state=0)
+    >>> sorted(result.metrics)
+    ['balanced_accuracy', 'mean_average_precision']
+    """
+    y = np.asarray(y)
+    proba, fold, params, classes = cross_validated_predictions(
+        estimator, X, y, groups=groups, cv=cv, random_state=random_state
+    )
+    specs = [
+        MetricSpec("balanced_accuracy", "balanced accuracy", _balanced_accuracy, "pred"),
+        MetricSpec("mean_average_precision", "mAP", partial(_macro_ap, classes=classes)),
+    ]
+    result = TaskResult(
+        task="site",
+        metrics={},
+        specs=specs,
+        y_true=y,
+        y_score=proba,
+        y_pred=classes[np.argmax(proba, axis=1)],
+        fold=fold,
+        best_params=params,
+        groups=None if groups is None else np.asarray(groups),
+        classes=classes,
+    )
+    _bootstrap_all(result, n_resamples, alpha, random_state)
+    return result
+
+
+def evaluate_survival(
+    estimator,
+    X,
+    y,
+    *,
+    groups=None,
+    cv=5,
+    horizon: float = 24.0,
+    tau: float | None = None,
+    n_resamples: int = 1000,
+    alpha: float = 0.05,
+    random_state=None,
+) -> TaskResult:
+    """Cross-validated concordance (Harrell's, Uno's) and horizon AUC, with intervals.
+
+    Parameters
+    ----------
+    estimator : estimator
+        A scikit-survival model whose ``predict`` gives risk scores, typically
+        :func:`survival_pipeline`.
+    X : array-like or DataFrame
+        Features or a lesion table.
+    y : structured array of shape (n_samples,)
+        Event indicator and time, e.g. ``Surv.from_arrays(event, time)``.
+    groups, cv, n_resamples, alpha, random_state
+        As in :func:`evaluate_malignancy`; the folds are stratified on the event.
+    horizon : float, default=24.0
+        Time of the binary endpoint of :func:`~skfmcib.evaluation.survival_auc` (the
+        paper's 2-year survival: 24 with times in months).
+    tau : float, optional
+        Truncation time of Uno's concordance index (see
+        :func:`~skfmcib.evaluation.uno_c`).
+
+    Returns
+    -------
+    TaskResult
+        Metrics ``c_index_harrell``, ``c_index_uno`` (censoring distribution from the
+        whole cohort) and ``survival_auc``; ``y_score`` holds the risk scores.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sksurv.util import Surv
+    >>> from skfmcib.tasks import evaluate_survival, survival_pipeline
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(100, 10))
+    >>> y = Surv.from_arrays(rng.random(100) < 0.8, 30 * rng.exponential(np.exp(-X[:, 0])))
+    >>> result = evaluate_survival(survival_pipeline(features=None), X, y,
+    ...                            n_resamples=100, random_state=0)
+    >>> result.metrics["c_index_harrell"].estimate > 0.6
+    True
+    """
+    check_y_survival(y)
+    risk, fold, params, _ = cross_validated_predictions(
+        estimator, X, y, groups=groups, cv=cv, method="predict", random_state=random_state
+    )
+    label = "2-year AUC" if horizon == 24.0 else f"AUC at t = {horizon:g}"
+    specs = [
+        MetricSpec("c_index_harrell", "C-index (Harrell)", harrell_c),
+        MetricSpec("c_index_uno", "C-index (Uno, IPCW)", partial(uno_c, y_train=y, tau=tau)),
+        MetricSpec("survival_auc", label, partial(survival_auc, horizon=horizon)),
+    ]
+    result = TaskResult(
+        task="survival",
+        metrics={},
+        specs=specs,
+        y_true=y,
+        y_score=risk,
+        y_pred=None,
+        fold=fold,
+        best_params=params,
+        groups=None if groups is None else np.asarray(groups),
+    )
+    _bootstrap_all(result, n_resamples, alpha, random_state)
+    return result
+
+
+def compare_results(
+    result: TaskResult,
+    reference: TaskResult,
+    *,
+    n_resamples: int = 1000,
+    alpha: float = 0.05,
+    random_state=None,
+) -> dict[str, BootstrapCI]:
+    """Paired bootstrap intervals of each metric's difference between two models.
+
+    Parameters
+    ----------
+    result, reference : TaskResult
+        Evaluations of the same task on the same lesions (e.g. FMCIB features and the
+        radiomics baseline), in the same order.
+    n_resamples, alpha, random_state
+        As in :func:`~skfmcib.evaluation.bootstrap_ci_difference`.
+
+    Returns
+    -------
+    dict of str to BootstrapCI
+        ``result - reference`` for every metric; an interval above 0 says ``result`` is
+        better at level ``alpha``.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import make_classification
+    >>> from skfmcib.tasks import compare_results, evaluate_malignancy, malignancy_pipeline
+    >>> X, y = make_classification(80, 10, random_state=0)
+    >>> a = evaluate_malignancy(malignancy_pipeline(features=None), X, y, n_resamples=50,
+    ...                         random_state=0)
+    >>> b = evaluate_malignancy(malignancy_pipeline(features=None), X[:, 5:], y,
+    ...                         n_resamples=50, random_state=0)
+    >>> sorted(compare_results(a, b, n_resamples=50, random_state=0))
+    ['average_precision', 'balanced_accuracy', 'roc_auc']
+    """
+    if result.task != reference.task or len(result.y_true) != len(reference.y_true):
+        raise ValueError("compare results of the same task on the same samples")
+    if not np.array_equal(result.y_true, reference.y_true):
+        raise ValueError("the two results are not on the same samples in the same order")
+    out = {}
+    for spec, ref_spec in zip(result.specs, reference.specs, strict=True):
+        out[spec.name] = bootstrap_ci_difference(
+            spec.function,
+            result.y_true,
+            result.prediction(spec),
+            reference.prediction(ref_spec),
+            groups=result.groups,
+            n_resamples=n_resamples,
+            alpha=alpha,
+            random_state=random_state,
+        )
+    return out

@@ -1,0 +1,392 @@
+"""Bootstrap intervals, survival metrics, group-aware folds, label-efficiency curves, tasks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import norm
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.datasets import make_classification
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sksurv.linear_model import CoxPHSurvivalAnalysis
+from sksurv.metrics import concordance_index_censored, concordance_index_ipcw
+from sksurv.util import Surv
+
+from skfmcib.evaluation import (
+    BootstrapCI,
+    bootstrap_ci,
+    bootstrap_ci_difference,
+    harrell_c,
+    label_efficiency_curve,
+    make_cv,
+    survival_auc,
+    uno_c,
+)
+from skfmcib.tasks import (
+    compare_results,
+    cross_validated_predictions,
+    evaluate_malignancy,
+    evaluate_site,
+    evaluate_survival,
+    malignancy_pipeline,
+    site_pipeline,
+    survival_pipeline,
+)
+
+# ------------------------------------------------------------------------ bootstrap
+
+
+def test_bootstrap_interval_covers_the_truth_at_its_nominal_rate():
+    """Over many samples with a known mean, the 90 % interval holds it about 90 % of the time."""
+    rng = np.random.default_rng(0)
+    hits, trials = 0, 300
+    for seed in range(trials):
+        x = rng.exponential(1.0, 80)  # skewed: true mean 1
+        ci = bootstrap_ci(
+            lambda _, s: s.mean(), x, x, n_resamples=300, alpha=0.1, random_state=seed
+        )
+        hits += ci.low <= 1.0 <= ci.high
+    assert 0.82 <= hits / trials <= 0.96
+
+
+def test_bootstrap_auc_interval_covers_a_known_auc():
+    rng = np.random.default_rng(1)
+    d = 1.0
+    truth = norm.cdf(d / np.sqrt(2))  # binormal AUC
+    y = rng.integers(0, 2, 400)
+    score = rng.normal(d * y, 1.0)
+    ci = bootstrap_ci(roc_auc_score, y, score, n_resamples=500, random_state=0)
+    assert ci.estimate == pytest.approx(roc_auc_score(y, score))
+    assert ci.low < truth < ci.high
+    assert 0.05 < ci.high - ci.low < 0.15
+    assert ci.confidence == 0.95 and ci.n_resamples + ci.n_failed == 500
+
+
+def test_resampling_patients_widens_the_interval_of_correlated_lesions():
+    """Three identical lesions per patient carry the information of one."""
+    rng = np.random.default_rng(2)
+    y1 = rng.integers(0, 2, 60)
+    s1 = rng.normal(y1, 1.0)
+    y, s = np.repeat(y1, 3), np.repeat(s1, 3)
+    patients = np.repeat(np.arange(60), 3)
+    naive = bootstrap_ci(roc_auc_score, y, s, n_resamples=400, random_state=0)
+    grouped = bootstrap_ci(roc_auc_score, y, s, groups=patients, n_resamples=400, random_state=0)
+    per_patient = bootstrap_ci(roc_auc_score, y1, s1, n_resamples=400, random_state=0)
+    width = {k: ci.high - ci.low for k, ci in dict(n=naive, g=grouped, p=per_patient).items()}
+    assert width["g"] > 1.4 * width["n"]
+    assert width["g"] == pytest.approx(width["p"], rel=0.25)
+
+
+def test_resamples_without_both_classes_are_left_out_and_counted():
+    y = np.array([0] * 10 + [1])
+    score = np.linspace(0, 1, 11)
+    ci = bootstrap_ci(roc_auc_score, y, score, n_resamples=200, random_state=0)
+    assert ci.n_failed > 50  # about (10/11)^11 = 35 % of resamples lack the positive
+    assert ci.n_resamples + ci.n_failed == 200
+    assert ci.estimate == 1.0
+
+
+def test_metric_undefined_everywhere_is_an_error():
+    with pytest.raises(ValueError, match="could not be computed"):
+        bootstrap_ci(lambda y, s: float("nan"), [0, 1], [0.1, 0.2], n_resamples=10)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"n_resamples": 0}, "n_resamples"), ({"alpha": 1.5}, "alpha"), ({"groups": [0]}, "groups")],
+)
+def test_bootstrap_arguments_are_checked(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        bootstrap_ci(roc_auc_score, [0, 1, 0, 1], [0.1, 0.9, 0.2, 0.8], **kwargs)
+
+
+def test_bootstrap_of_a_survival_metric_on_a_structured_target():
+    rng = np.random.default_rng(3)
+    risk = rng.normal(size=150)
+    time = rng.exponential(np.exp(-risk))
+    y = Surv.from_arrays(rng.random(150) < 0.7, time)
+    ci = bootstrap_ci(harrell_c, y, risk, n_resamples=200, random_state=0)
+    assert ci.estimate == pytest.approx(concordance_index_censored(y["event"], y["time"], risk)[0])
+    assert 0.5 < ci.low < ci.estimate < ci.high < 1.0
+
+
+def test_paired_difference_of_identical_scores_is_zero_and_of_better_scores_positive():
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 200)
+    good, weak = rng.normal(1.5 * y, 1.0), rng.normal(0.3 * y, 1.0)
+    same = bootstrap_ci_difference(roc_auc_score, y, good, good, n_resamples=100, random_state=0)
+    assert tuple(same) == (0.0, 0.0, 0.0)
+    better = bootstrap_ci_difference(roc_auc_score, y, good, weak, n_resamples=300, random_state=0)
+    assert better.low > 0
+    assert better.estimate == pytest.approx(roc_auc_score(y, good) - roc_auc_score(y, weak))
+
+
+def test_bootstrap_ci_formats_and_unpacks():
+    ci = BootstrapCI(0.8, 0.7, 0.9, 0.95, 100, 0)
+    assert str(ci) == "0.80 [0.70, 0.90]"
+    est, lo, hi = ci
+    assert (est, lo, hi) == (0.8, 0.7, 0.9)
+
+
+# ----------------------------------------------------------------- survival metrics
+
+
+def _survival_data(n=120, seed=0):
+    rng = np.random.default_rng(seed)
+    risk = rng.normal(size=n)
+    time = 20 * rng.exponential(np.exp(-risk))
+    censor = rng.uniform(5, 60, n)
+    return Surv.from_arrays(time <= censor, np.minimum(time, censor)), risk
+
+
+def test_uno_c_matches_scikit_survival_and_handles_a_censored_last_time():
+    y, risk = _survival_data()
+    tau = np.quantile(y["time"], 0.8)
+    expected = concordance_index_ipcw(y, y, risk, tau=tau)[0]
+    assert uno_c(y, risk, tau=tau) == pytest.approx(expected)
+    y[np.argmax(y["time"])] = (False, y["time"].max())  # the last time censored
+    assert 0.5 < uno_c(y, risk) <= 1.0
+
+
+def test_survival_auc_leaves_out_lesions_censored_before_the_horizon():
+    y = Surv.from_arrays([True, False, True, False, True], [5.0, 10.0, 30.0, 40.0, 20.0])
+    risk = np.array([0.9, 0.0, 0.2, 0.1, 0.7])
+    # positives: events by 24 (risk .9, .7); negatives: followed beyond 24 (.2, .1)
+    assert survival_auc(y, risk, horizon=24) == 1.0
+    assert survival_auc(y, -risk, horizon=24) == 0.0
+
+
+# --------------------------------------------------------------------------- folds
+
+
+@pytest.mark.parametrize("classifier", [True, False])
+def test_group_aware_folds_never_split_a_patient(classifier):
+    rng = np.random.default_rng(5)
+    patients = np.repeat(np.arange(30), rng.integers(1, 5, 30))
+    y = rng.integers(0, 2, len(patients))
+    cv = make_cv(5, groups=patients, classifier=classifier, random_state=0)
+    seen = set()
+    for train, test in cv.split(np.zeros(len(y)), y, patients):
+        assert not set(patients[train]) & set(patients[test])
+        seen |= set(test)
+    assert seen == set(range(len(y)))
+
+
+class _PatientSpy(ClassifierMixin, BaseEstimator):
+    """A classifier whose score fails when a validation patient was also in training."""
+
+    def __init__(self, c=1.0):
+        self.c = c
+
+    def fit(self, X, y):
+        self.classes_ = np.unique(y)
+        self.train_patients_ = set(X[:, 0])
+        return self
+
+    def predict_proba(self, X):
+        return np.tile([0.5, 0.5], (len(X), 1))
+
+    def score(self, X, y):
+        assert not self.train_patients_ & set(X[:, 0]), "inner folds split a patient"
+        return self.c
+
+
+def test_inner_search_keeps_patients_together_and_outer_folds_too():
+    rng = np.random.default_rng(6)
+    patients = np.repeat(np.arange(24), 3)
+    X = np.column_stack([patients, rng.normal(size=len(patients))])
+    y = rng.integers(0, 2, len(patients))
+    search = GridSearchCV(_PatientSpy(), {"c": [0.1, 1.0]}, cv=3, error_score="raise")
+    proba, fold, params, classes = cross_validated_predictions(
+        search, X, y, groups=patients, cv=4, random_state=0
+    )
+    for p in np.unique(patients):
+        assert len(set(fold[patients == p])) == 1
+    assert params == [{"c": 1.0}] * 4 and proba.shape == (len(y), 2)
+
+
+def test_probability_columns_follow_all_classes_when_a_fold_lacks_one():
+    X = np.arange(20, dtype=float)[:, None]
+    y = np.array(["a"] * 9 + ["b"] * 9 + ["c"] * 2)
+    proba, fold, _, classes = cross_validated_predictions(
+        LogisticRegression(), X, y, cv=2, random_state=0
+    )
+    assert classes.tolist() == ["a", "b", "c"] and proba.shape == (20, 3)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+
+
+# ------------------------------------------------------------------ label efficiency
+
+
+def test_label_efficiency_curve_has_one_row_per_fold_repeat_and_fraction():
+    X, y = make_classification(120, 8, random_state=0)
+    patients = np.repeat(np.arange(40), 3)
+    curve = label_efficiency_curve(
+        LogisticRegression(),
+        X,
+        y,
+        cv=4,
+        scoring="roc_auc",
+        groups=patients,
+        n_repeats=2,
+        random_state=0,
+    )
+    assert list(curve.columns) == ["fraction", "repeat", "fold", "n_train", "score"]
+    assert len(curve) == 4 * 2 * 4
+    n_train = curve.groupby("fraction")["n_train"].mean()
+    assert n_train[1.0] == pytest.approx(90) and n_train[0.1] == pytest.approx(10, abs=1)
+    assert n_train.is_monotonic_increasing
+    means = curve.groupby("fraction")["score"].mean()
+    assert means[1.0] > 0.8 and means[1.0] >= means[0.1] - 0.02
+
+
+def test_label_efficiency_subsamples_keep_every_class():
+    X, y = make_classification(60, 5, n_classes=3, n_informative=3, random_state=0)
+    y[:3] = 2  # keep a rare class around
+    curve = label_efficiency_curve(
+        LogisticRegression(), X, y, fractions=(0.05,), cv=3, random_state=0
+    )
+    assert (curve["n_train"] >= 3).all()  # at least one lesion of each class
+
+
+def test_label_efficiency_of_a_survival_model():
+    y, risk = _survival_data(90)
+    X = np.column_stack([risk + np.random.default_rng(0).normal(0, 0.5, 90), np.ones(90)])
+    curve = label_efficiency_curve(
+        CoxPHSurvivalAnalysis(alpha=1.0), X, y, fractions=(1.0, 0.5), cv=3, random_state=0
+    )
+    assert len(curve) == 6 and (curve["score"] > 0.55).all()  # Harrell's C, the model's score
+
+
+def test_label_efficiency_rejects_bad_fractions():
+    with pytest.raises(ValueError, match="fractions"):
+        label_efficiency_curve(
+            LogisticRegression(), np.zeros((4, 1)), [0, 1, 0, 1], fractions=(0,)
+        )
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+def test_rotated_heads_predict_like_heads_on_the_standardised_features():
+    """The PCA step of the heads changes nothing but speed (L2 penalties are rotation-free)."""
+    X, y = make_classification(40, 150, random_state=0)
+    rotated = malignancy_pipeline(features=None, tune=False, C=0.05)
+    plain = make_pipeline(StandardScaler(), LogisticRegression(C=0.05, tol=1e-10, max_iter=10_000))
+    rotated.set_params(head__model__tol=1e-10, head__model__max_iter=10_000)
+    np.testing.assert_allclose(
+        rotated.fit(X, y).predict_proba(X), plain.fit(X, y).predict_proba(X), atol=1e-5
+    )
+    ys, _ = _survival_data(40)
+    cox = survival_pipeline(features=None, tune=False, alpha=10.0).fit(X, ys)
+    cox_plain = make_pipeline(StandardScaler(), CoxPHSurvivalAnalysis(alpha=10.0)).fit(X, ys)
+    np.testing.assert_allclose(cox.predict(X), cox_plain.predict(X), rtol=1e-4, atol=1e-6)
+    assert isinstance(rotated.named_steps["head"].named_steps["rotate"], PCA)
+
+
+def test_feature_step_choices():
+    from skfmcib import FMCIBTransformer
+    from skfmcib.radiomics import RadiomicsTransformer
+
+    assert isinstance(malignancy_pipeline().named_steps["features"], FMCIBTransformer)
+    assert isinstance(site_pipeline("radiomics").named_steps["features"], RadiomicsTransformer)
+    assert survival_pipeline(None).named_steps["features"] == "passthrough"
+    with pytest.raises(ValueError, match="features"):
+        malignancy_pipeline("pyradiomics")
+
+
+def _cohort_like(n_patients=30, seed=0):
+    """Features that carry the labels, three lesions per patient."""
+    rng = np.random.default_rng(seed)
+    patients = np.repeat(np.arange(n_patients), 3)
+    n = len(patients)
+    site = rng.choice(["lung", "liver", "bone"], n)
+    malignant = rng.integers(0, 2, n)
+    risk = rng.normal(size=n) + malignant
+    time = 20 * rng.exponential(np.exp(-risk))
+    censor = rng.uniform(5, 60, n)
+    y_surv = Surv.from_arrays(time <= censor, np.minimum(time, censor))
+    X = np.column_stack(
+        [
+            malignant + rng.normal(0, 0.5, n),
+            (site == "lung") + rng.normal(0, 0.3, n),
+            (site == "bone") + rng.normal(0, 0.3, n),
+            risk + rng.normal(0, 0.5, n),
+            rng.normal(size=(n, 6)),
+        ]
+    )
+    return X, malignant, site, y_surv, patients
+
+
+def test_evaluate_malignancy_reports_auc_and_map_grouped_by_patient():
+    X, malignant, _, _, patients = _cohort_like()
+    result = evaluate_malignancy(
+        malignancy_pipeline(features=None),
+        X,
+        malignant,
+        groups=patients,
+        n_resamples=200,
+        random_state=0,
+    )
+    auc = result.metrics["roc_auc"]
+    assert auc.estimate == pytest.approx(roc_auc_score(malignant, result.y_score))
+    assert result.metrics["average_precision"].estimate == pytest.approx(
+        average_precision_score(malignant, result.y_score)
+    )
+    assert 0.7 < auc.low < auc.estimate < auc.high
+    for p in np.unique(patients):
+        assert len(set(result.fold[patients == p])) == 1
+    assert len(result.best_params) == 5 and "model__C" in result.best_params[0]
+    frame = result.to_frame()
+    assert list(frame["metric"]) == ["roc_auc", "average_precision", "balanced_accuracy"]
+    assert (frame["low"] <= frame["estimate"]).all() and (frame["estimate"] <= frame["high"]).all()
+
+
+def test_evaluate_site_reports_balanced_accuracy_and_map():
+    X, _, site, _, patients = _cohort_like(seed=1)
+    result = evaluate_site(
+        site_pipeline(features=None), X, site, groups=patients, n_resamples=100, random_state=0
+    )
+    assert result.classes.tolist() == ["bone", "liver", "lung"]
+    assert result.y_score.shape == (len(site), 3)
+    assert result.metrics["balanced_accuracy"].estimate > 0.7
+    assert result.metrics["mean_average_precision"].estimate > 0.7
+
+
+@pytest.mark.parametrize("tau", [None, 20.0])
+def test_evaluate_survival_reports_concordance_and_horizon_auc(tau):
+    X, _, _, y, patients = _cohort_like(seed=2)
+    result = evaluate_survival(
+        survival_pipeline(features=None, tau=tau),
+        X,
+        y,
+        groups=patients,
+        horizon=24.0,
+        n_resamples=100,
+        random_state=0,
+    )
+    assert set(result.metrics) == {"c_index_harrell", "c_index_uno", "survival_auc"}
+    assert result.metrics["c_index_harrell"].estimate > 0.6
+    assert result.metrics["c_index_harrell"].estimate == pytest.approx(
+        harrell_c(y, result.y_score)
+    )
+    assert [s.label for s in result.specs][2] == "2-year AUC"
+
+
+def test_compare_results_gives_paired_differences():
+    X, malignant, _, _, patients = _cohort_like(seed=3)
+    kwargs = dict(groups=patients, cv=3, n_resamples=100, random_state=0)
+    full = evaluate_malignancy(malignancy_pipeline(features=None), X, malignant, **kwargs)
+    noise = evaluate_malignancy(malignancy_pipeline(features=None), X[:, 4:], malignant, **kwargs)
+    diff = compare_results(full, noise, n_resamples=100, random_state=0)
+    assert diff["roc_auc"].estimate == pytest.approx(
+        full.metrics["roc_auc"].estimate - noise.metrics["roc_auc"].estimate
+    )
+    assert diff["roc_auc"].low > 0
+    with pytest.raises(ValueError, match="same"):
+        compare_results(full, evaluate_site(site_pipeline(None), X, malignant, **kwargs))
