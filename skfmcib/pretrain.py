@@ -589,7 +589,9 @@ def pretrain(
         Length of the schedule.
     batch_size : int, default=32
         Seeds per step and process (each gives a positive and a negative, two
-        views each: ``4 * batch_size`` patches go through the encoder).
+        views each: ``4 * batch_size`` patches go through the encoder). The
+        seeds left over at the end of an epoch wait for the next one (each epoch
+        shuffles anew).
     lr : float, optional
         Peak learning rate; ``0.3 * batch_size * world_size / 256`` when omitted.
     weight_decay : float, default=1e-6
@@ -806,7 +808,9 @@ def _pretrain(table, out, ddp, device, say, **kw) -> Path:
     loader_kw: dict[str, Any] = {"num_workers": kw["num_workers"]}
     if device.type == "cuda":
         loader_kw["pin_memory"] = True
-    steps = math.ceil(len(sampler) / batch_size)
+    # Full batches only (as many negatives in every step), unless the data are smaller.
+    loader_kw["drop_last"] = len(sampler) >= batch_size
+    steps = len(sampler) // batch_size if loader_kw["drop_last"] else 1
     total_steps, warmup_steps = steps * epochs, round(warmup_epochs * steps)
     last = epochs if kw["epochs_this_run"] is None else min(epochs, epoch + kw["epochs_this_run"])
 
