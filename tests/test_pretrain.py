@@ -197,6 +197,14 @@ def test_two_epochs_then_resume_equal_three_epochs_straight(seeds, tmp_path):
     assert not torch.equal(start.state_dict()["conv1.weight"], a.state_dict["conv1.weight"])
 
 
+def test_data_loading_workers_do_not_change_the_result(seeds, tmp_path):
+    a = pretrain(seeds, tmp_path / "a.pt", epochs=1, **FAST)
+    b = pretrain(seeds, tmp_path / "b.pt", epochs=1, num_workers=2, **FAST)
+    sa, sb = read_checkpoint(a).state_dict, read_checkpoint(b).state_dict
+    for key, value in sa.items():
+        assert torch.equal(value, sb[key]), key
+
+
 def test_checkpoint_loads_with_no_further_arguments(seeds, tmp_path):
     from skfmcib.transformer import FMCIBTransformer
 
