@@ -390,3 +390,79 @@ def test_compare_results_gives_paired_differences():
     assert diff["roc_auc"].low > 0
     with pytest.raises(ValueError, match="same"):
         compare_results(full, evaluate_site(site_pipeline(None), X, malignant, **kwargs))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_task_metrics_equal_scikit_learns(seed):
+    """The tasks' metrics skip scikit-learn's input checks (speed) but give its numbers."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    from skfmcib.tasks import _average_precision, _balanced_accuracy, _roc_auc
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(5, 80))
+    y = rng.choice(["benign", "malignant"], n)
+    y[:2] = ["benign", "malignant"]
+    score = np.round(rng.normal(size=n), 1)  # many ties
+    assert _roc_auc(y, score, "malignant") == pytest.approx(roc_auc_score(y, score))
+    expected_ap = average_precision_score(y, score, pos_label="malignant")
+    assert _average_precision(y == "malignant", score) == pytest.approx(expected_ap)
+    labels = rng.choice(["lung", "liver", "bone", "kidney"], n)
+    pred = rng.choice(["lung", "liver", "bone", "lymph_node"], n)
+    pred[0] = "lymph_node"  # a class absent from the labels
+    with pytest.warns(UserWarning, match="y_pred contains classes not in y_true"):
+        expected = balanced_accuracy_score(labels, pred)
+    assert _balanced_accuracy(labels, pred) == pytest.approx(expected)
+    with pytest.raises(ValueError):
+        _roc_auc(y[y == "benign"], score[y == "benign"], "malignant")
+
+
+# ------------------------------------------------------------------------- plotting
+
+
+@pytest.fixture
+def pyplot():
+    mpl = pytest.importorskip("matplotlib")
+    mpl.use("Agg")
+    import matplotlib.pyplot as plt
+
+    yield plt
+    plt.close("all")
+
+
+def test_plots_draw_what_they_say(pyplot):
+    from skfmcib.plotting import plot_kaplan_meier, plot_label_efficiency, plot_roc
+
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, 2, 80)
+    ax = plot_roc(y, {"a": y + rng.normal(0, 1, 80), "b": rng.normal(size=80)})
+    assert len(ax.lines) == 3 and ax.get_xlabel().startswith("False positive rate")
+    ys, risk = _survival_data(80)
+    ax = plot_kaplan_meier(ys, risk, n_groups=3)
+    labels = ax.get_legend_handles_labels()[1]
+    assert labels[0].startswith("risk group 1 of 3 (n = 27") and labels[-1].startswith("log-rank")
+    curve = label_efficiency_curve(
+        LogisticRegression(), *make_classification(60, 5, random_state=0), random_state=0
+    )
+    ax = plot_label_efficiency({"m": curve}, metric="accuracy", reference=0.5)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["10", "20", "50", "100"]
+
+
+def test_plotting_without_matplotlib_names_the_extra(monkeypatch):
+    import sys
+
+    from skfmcib.plotting import plot_roc
+
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    with pytest.raises(ImportError, match=r"pip install skfmcib\[plot\]"):
+        plot_roc([0, 1], {"a": [0.1, 0.9]})
+
+
+@pytest.mark.parametrize("name", ["evaluation", "tasks", "plotting", "radiomics"])
+def test_docstring_examples_run(name, pyplot):
+    import doctest
+    import importlib
+
+    module = importlib.import_module(f"skfmcib.{name}")
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted > 0
