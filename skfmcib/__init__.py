@@ -3,12 +3,34 @@
 The data flow, one module per step: :mod:`skfmcib.io` (CT images) ->
 :mod:`skfmcib.patches` (the reference's 50 mm patches) -> :mod:`skfmcib.encoder`
 (the 3D ResNet) with :mod:`skfmcib.weights` (checkpoints) -> estimators
-(:class:`FMCIBTransformer`).
+(:class:`FMCIBTransformer`; fine-tuning in :mod:`skfmcib.finetune`, pretraining in
+:mod:`skfmcib.pretrain`, downstream tasks in :mod:`skfmcib.tasks`).
 """
+
+from importlib import import_module
 
 from .patches import load_patches
 from .transformer import FMCIBTransformer
 
 __version__ = "0.1.0"
 
-__all__ = ["FMCIBTransformer", "__version__", "load_patches"]
+# Imported on first use: they pull in scikit-survival and the training code.
+_LAZY = {
+    "FMCIBClassifier": "skfmcib.finetune",
+    "FMCIBSurvivalAnalysis": "skfmcib.finetune",
+    "RadiomicsTransformer": "skfmcib.radiomics",
+    "pretrain": "skfmcib.pretrain",
+    "make_lesion_cohort": "skfmcib.datasets",
+}
+
+__all__ = ["FMCIBTransformer", "__version__", "load_patches", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'skfmcib' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
