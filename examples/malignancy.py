@@ -75,6 +75,7 @@ print(f"FMCIB - radiomics: AUC {diff['roc_auc'].format(2)} (interval above 0: FM
 ax = plot_roc(
     cohort["malignant"],
     {name: r.y_score for name, r in results.items()},
+    folds=results["FMCIB"].fold,  # one model per fold: a curve per fold and their mean
     labels={name: f"{name}: AUC {r.metrics['roc_auc']}" for name, r in results.items()},
     title="Malignancy, out-of-fold predictions",
 )

@@ -65,6 +65,8 @@ for ax, (name, step) in zip(axes, features.items(), strict=True):
         random_state=0,
     )
     print(name + ": " + ", ".join(f"{s.label} {result.metrics[s.name]}" for s in result.specs))
-    plot_kaplan_meier(y, result.y_score, ax=ax, title=f"{name}: split at the median risk")
+    plot_kaplan_meier(
+        y, result.y_score, folds=result.fold, ax=ax, title=f"{name}: split at the median risk"
+    )
 fig.savefig("survival_kaplan_meier.png", dpi=120)
 print("Kaplan-Meier curves written to survival_kaplan_meier.png")

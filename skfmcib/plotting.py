@@ -37,6 +37,7 @@ def plot_roc(
     y_true,
     scores: Mapping[str, np.ndarray],
     *,
+    folds=None,
     labels: Mapping[str, str] | None = None,
     ax=None,
     title: str | None = None,
@@ -46,9 +47,14 @@ def plot_roc(
     Parameters
     ----------
     y_true : array-like of shape (n_samples,)
-        Binary labels.
+        Binary labels (the larger one is positive).
     scores : mapping of str to array-like
         Model name -> scores (e.g. out-of-fold probabilities of the positive class).
+    folds : array-like of shape (n_samples,), optional
+        Cross-validation fold of each out-of-fold score. Scores of different folds come
+        from different models, so each fold gets its own ROC curve (thin) and the model
+        their mean (thick; true positive rates averaged at each false positive rate),
+        with the mean of the folds' AUCs: the cross-validation estimate.
     labels : mapping of str to str, optional
         Legend text per model (by default the name with its AUC); e.g. the AUC with its
         bootstrap interval.
@@ -70,17 +76,42 @@ def plot_roc(
     >>> ax = plot_roc(y, {"model": y + rng.normal(0, 1, 100)})
     >>> ax.get_legend_handles_labels()[1]
     ['model (AUC = 0.77)', 'chance']
+    >>> ax = plot_roc(y, {"model": y + rng.normal(0, 1, 100)}, folds=np.arange(100) % 4)
+    >>> ax.get_legend_handles_labels()[1]
+    ['model (mean AUC over 4 folds = 0.70)', 'chance']
     """
-    from sklearn.metrics import RocCurveDisplay
+    from sklearn.metrics import RocCurveDisplay, auc, roc_curve
 
     ax = _axes(ax)
-    for name, score in scores.items():
+    y_true = np.asarray(y_true)
+    colors = _pyplot().rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (name, score) in enumerate(scores.items()):
         label = (labels or {}).get(name)
-        display = RocCurveDisplay.from_predictions(
-            y_true, score, ax=ax, name=name, curve_kwargs={"linewidth": 2}
-        )
-        if label is not None:
-            display.line_.set_label(label)
+        if folds is None:
+            display = RocCurveDisplay.from_predictions(
+                y_true, score, ax=ax, name=name, curve_kwargs={"linewidth": 2}
+            )
+            if label is not None:
+                display.line_.set_label(label)
+            continue
+        color = colors[i % len(colors)]
+        score, folds_ = np.asarray(score), np.asarray(folds)
+        grid = np.linspace(0, 1, 201)
+        curves, aucs = [], []
+        positive = np.unique(y_true)[-1]
+        for k in np.unique(folds_):
+            in_fold = folds_ == k
+            if len(np.unique(y_true[in_fold])) < 2:
+                continue  # no ROC curve without both classes
+            fpr, tpr, _ = roc_curve(y_true[in_fold], score[in_fold], pos_label=positive)
+            ax.plot(fpr, tpr, color=color, alpha=0.3, linewidth=1)
+            curves.append(np.interp(grid, fpr, tpr))
+            aucs.append(auc(fpr, tpr))
+        mean = np.mean(curves, axis=0)
+        mean[0] = 0.0
+        if label is None:
+            label = f"{name} (mean AUC over {len(aucs)} folds = {np.mean(aucs):.2f})"
+        ax.plot(grid, mean, color=color, linewidth=2.5, label=label)
     ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="chance")
     ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), aspect="equal")
     ax.set_xlabel("False positive rate (1 - specificity)")
@@ -95,6 +126,7 @@ def plot_kaplan_meier(
     y,
     risk,
     *,
+    folds=None,
     n_groups: int = 2,
     ax=None,
     title: str | None = None,
@@ -106,7 +138,7 @@ def plot_kaplan_meier(
     With ``n_groups=2`` the lesions are split at the median risk into "low risk" and
     "high risk"; the legend gives each group's size and the log-rank p-value
     (:func:`sksurv.compare.compare_survival`). Use out-of-fold risks, so that the split
-    is made by a model that never saw the lesion.
+    is made by a model that never saw the lesion, and pass their ``folds``.
 
     Parameters
     ----------
@@ -114,6 +146,11 @@ def plot_kaplan_meier(
         Event indicator and time.
     risk : array-like of shape (n_samples,)
         Predicted risk scores.
+    folds : array-like of shape (n_samples,), optional
+        Cross-validation fold of each out-of-fold risk. Risks of different folds come
+        from different models, possibly on different scales, so the quantiles are then
+        taken within each fold: a lesion is "high risk" when its risk is above the
+        median of its fold.
     n_groups : int, default=2
         Number of risk groups (quantiles).
     ax : matplotlib Axes, optional
@@ -151,8 +188,13 @@ def plot_kaplan_meier(
     risk = np.asarray(risk, dtype=float)
     if n_groups < 2:
         raise ValueError(f"n_groups must be at least 2, got {n_groups}")
-    edges = np.quantile(risk, np.linspace(0, 1, n_groups + 1)[1:-1])
-    group = np.searchsorted(edges, risk, side="right")
+    quantiles = np.linspace(0, 1, n_groups + 1)[1:-1]
+    group = np.zeros(len(risk), dtype=int)
+    folds_ = np.zeros(len(risk), dtype=int) if folds is None else np.asarray(folds)
+    for k in np.unique(folds_):
+        in_fold = folds_ == k
+        edges = np.quantile(risk[in_fold], quantiles)
+        group[in_fold] = np.searchsorted(edges, risk[in_fold], side="right")
     names = (
         ["low risk", "high risk"]
         if n_groups == 2

@@ -25,8 +25,11 @@ lesion again for every candidate and fold.
 
 The ``evaluate_*`` functions run the pipeline in (nested) cross-validation, keeping the
 lesions of one patient in one fold when ``groups`` is given (also in the inner search),
-and report the paper's metrics on the pooled out-of-fold predictions, with bootstrap
-intervals that resample patients.
+and report the paper's metrics as cross-validation estimates: each metric on each outer
+fold's test lesions, averaged over the folds, as
+:func:`~sklearn.model_selection.cross_validate` does. (Pooling the predictions of all
+folds first would mix the scales of models fitted with different penalties.) The
+bootstrap intervals resample patients within each fold.
 """
 
 from __future__ import annotations
@@ -37,7 +40,6 @@ from functools import partial
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
 from sklearn.base import BaseEstimator, clone, is_classifier
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
@@ -58,6 +60,7 @@ from .evaluation import (
     harrell_c,
     make_cv,
     one_blas_thread,
+    rank_auc,
     split_target,
     survival_auc,
     uno_c,
@@ -104,13 +107,7 @@ def _balanced_accuracy(y_true, y_pred) -> float:
 
 def _roc_auc(y_true, y_score, positive) -> float:
     """Area under the ROC curve (``roc_auc_score``), from the Mann-Whitney U statistic."""
-    pos = np.asarray(y_true) == positive
-    n_pos = int(pos.sum())
-    n_neg = len(pos) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError("the ROC AUC needs samples of both classes")
-    ranks = rankdata(np.asarray(y_score, dtype=float))  # ties get their mean rank
-    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return rank_auc(np.asarray(y_true) == positive, y_score)
 
 
 def _average_precision(is_positive, y_score) -> float:
@@ -363,7 +360,8 @@ class TaskResult:
     task : str
         ``"malignancy"``, ``"site"`` or ``"survival"``.
     metrics : dict of str to BootstrapCI
-        Each metric's estimate and interval, in the order of ``specs``.
+        Each metric's cross-validation estimate (mean over the outer folds) and
+        bootstrap interval, in the order of ``specs``.
     specs : list of MetricSpec
         How each metric was computed.
     y_true : ndarray
@@ -371,6 +369,8 @@ class TaskResult:
     y_score : ndarray
         Out-of-fold scores: the positive class's probability (malignancy), class
         probabilities in the order of ``classes`` (site) or risk scores (survival).
+        Scores of different folds come from different models: compare them within a
+        fold (``fold``), as the metrics do.
     y_pred : ndarray or None
         Out-of-fold predicted labels (classification).
     fold : ndarray of int
@@ -545,6 +545,7 @@ def _bootstrap_all(result: TaskResult, n_resamples, alpha, random_state) -> None
             result.y_true,
             result.prediction(spec),
             groups=result.groups,
+            folds=result.fold,
             n_resamples=n_resamples,
             alpha=alpha,
             random_state=random_state,
@@ -596,7 +597,7 @@ def evaluate_malignancy(
     -------
     TaskResult
         Metrics ``roc_auc`` (AUC), ``average_precision`` (mAP) and ``balanced_accuracy``
-        (at probability 0.5), on the pooled out-of-fold predictions.
+        (at probability 0.5): means over the outer folds of each fold's metric.
 
     Examples
     --------
@@ -606,7 +607,7 @@ def evaluate_malignancy(
     >>> result = evaluate_malignancy(malignancy_pipeline(features=None), X, y,
     ...                              n_resamples=200, random_state=0)
     >>> print(result.metrics["roc_auc"])
-    0.93 [0.88, 0.98]
+    0.94 [0.87, 0.99]
     """
     y = _check_binary(y)
     proba, fold, params, classes = cross_validated_predictions(
@@ -677,9 +678,9 @@ def evaluate_site(
     -------
     TaskResult
         Metrics ``balanced_accuracy`` and ``mean_average_precision`` (mAP: one-vs-rest
-        average precision, averaged over the classes present), on the pooled
-        out-of-fold predictions; ``y_score`` holds the probabilities in the order of
-        ``classes``.
+        average precision, averaged over the classes present): means over the outer
+        folds of each fold's metric; ``y_score`` holds the probabilities in the order
+        of ``classes``.
 
     Examples
     --------
@@ -805,8 +806,9 @@ def compare_results(
     Parameters
     ----------
     result, reference : TaskResult
-        Evaluations of the same task on the same lesions (e.g. FMCIB features and the
-        radiomics baseline), in the same order.
+        Evaluations of the same task on the same lesions and folds (e.g. FMCIB features
+        and the radiomics baseline, evaluated with the same ``cv``, ``groups`` and
+        ``random_state``).
     n_resamples, alpha, random_state
         As in :func:`~skfmcib.evaluation.bootstrap_ci_difference`.
 
@@ -832,6 +834,11 @@ def compare_results(
         raise ValueError("compare results of the same task on the same samples")
     if not np.array_equal(result.y_true, reference.y_true):
         raise ValueError("the two results are not on the same samples in the same order")
+    if not np.array_equal(result.fold, reference.fold):
+        raise ValueError(
+            "the two results come from different folds; evaluate both with the same cv, "
+            "groups and random_state"
+        )
     out = {}
     for spec, ref_spec in zip(result.specs, reference.specs, strict=True):
         out[spec.name] = bootstrap_ci_difference(
@@ -840,6 +847,7 @@ def compare_results(
             result.prediction(spec),
             reference.prediction(ref_spec),
             groups=result.groups,
+            folds=result.fold,
             n_resamples=n_resamples,
             alpha=alpha,
             random_state=random_state,

@@ -126,6 +126,29 @@ def test_paired_difference_of_identical_scores_is_zero_and_of_better_scores_posi
     assert better.estimate == pytest.approx(roc_auc_score(y, good) - roc_auc_score(y, weak))
 
 
+def test_fold_wise_estimate_ignores_the_scale_of_each_folds_model():
+    """Perfect rankings within folds, but each fold's model shifted: pooling mixes scales."""
+    rng = np.random.default_rng(8)
+    folds = np.repeat(np.arange(4), 25)
+    y = rng.integers(0, 2, 100)
+    score = y + 0.1 * rng.random(100) - 3.0 * folds  # fold k's model scores 3 k lower
+    assert roc_auc_score(y, score) < 0.8  # pooled
+    ci = bootstrap_ci(roc_auc_score, y, score, folds=folds, n_resamples=100, random_state=0)
+    assert ci.estimate == 1.0 and ci.low == 1.0
+
+
+def test_resampling_within_folds_keeps_their_sizes():
+    from skfmcib.evaluation import _resampler
+
+    folds = np.repeat([0, 1, 2], [10, 20, 30])
+    patients = np.arange(60) // 2
+    draw = _resampler(60, patients, folds, np.random.RandomState(0))
+    for _ in range(20):
+        idx = draw()
+        assert np.bincount(folds[idx]).tolist() == [10, 20, 30]
+        assert (np.bincount(idx, minlength=60)[0::2] == np.bincount(idx, minlength=60)[1::2]).all()
+
+
 def test_bootstrap_ci_formats_and_unpacks():
     ci = BootstrapCI(0.8, 0.7, 0.9, 0.95, 100, 0)
     assert str(ci) == "0.80 [0.70, 0.90]"
@@ -334,10 +357,11 @@ def test_evaluate_malignancy_reports_auc_and_map_grouped_by_patient():
         random_state=0,
     )
     auc = result.metrics["roc_auc"]
-    assert auc.estimate == pytest.approx(roc_auc_score(malignant, result.y_score))
-    assert result.metrics["average_precision"].estimate == pytest.approx(
-        average_precision_score(malignant, result.y_score)
-    )
+    in_fold = [result.fold == k for k in range(5)]
+    per_fold = [roc_auc_score(malignant[f], result.y_score[f]) for f in in_fold]
+    assert auc.estimate == pytest.approx(np.mean(per_fold))  # the cross-validation estimate
+    per_fold = [average_precision_score(malignant[f], result.y_score[f]) for f in in_fold]
+    assert result.metrics["average_precision"].estimate == pytest.approx(np.mean(per_fold))
     assert 0.7 < auc.low < auc.estimate < auc.high
     for p in np.unique(patients):
         assert len(set(result.fold[patients == p])) == 1
@@ -372,9 +396,8 @@ def test_evaluate_survival_reports_concordance_and_horizon_auc(tau):
     )
     assert set(result.metrics) == {"c_index_harrell", "c_index_uno", "survival_auc"}
     assert result.metrics["c_index_harrell"].estimate > 0.6
-    assert result.metrics["c_index_harrell"].estimate == pytest.approx(
-        harrell_c(y, result.y_score)
-    )
+    per_fold = [harrell_c(y[result.fold == k], result.y_score[result.fold == k]) for k in range(5)]
+    assert result.metrics["c_index_harrell"].estimate == pytest.approx(np.mean(per_fold))
     assert [s.label for s in result.specs][2] == "2-year AUC"
 
 

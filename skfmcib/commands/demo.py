@@ -479,10 +479,11 @@ def _header(s: Settings, label, n_lesions, n_patients, n_fmcib, n_radiomics) -> 
         "once per lesion; the heads are tuned on the feature matrices, which is equivalent to "
         "tuning the full pipelines (neither feature step learns from labels).",
         f"Evaluation: {s.folds}-fold cross-validation grouped by patient, head "
-        "hyper-parameters tuned in an inner grouped 3-fold search; metrics on the pooled "
-        f"out-of-fold predictions with 95% intervals from {s.n_resamples} bootstrap "
-        "resamples of patients. Difference: paired bootstrap of FMCIB minus radiomics "
-        "(an interval above 0 means FMCIB is better).",
+        "hyper-parameters tuned in an inner grouped 3-fold search; each metric computed on "
+        "each outer fold's test lesions and averaged over the folds, with 95% intervals "
+        f"from {s.n_resamples} bootstrap resamples of patients within folds. Difference: "
+        "paired bootstrap of FMCIB minus radiomics (an interval above 0 means FMCIB is "
+        "better).",
         "",
     ]
     import textwrap
@@ -535,9 +536,10 @@ def _figures(results: dict, curves: dict, label: str, s: Settings) -> list[str]:
     plot_roc(
         mal[models[0]].y_true,
         {m: mal[m].y_score for m in models},
+        folds=mal[models[0]].fold,
         labels={m: f"{m}: AUC {mal[m].metrics['roc_auc']}" for m in models},
         ax=ax,
-        title=f"Malignancy, out-of-fold predictions{suffix}",
+        title=f"Malignancy{suffix}\nROC curve of each outer fold (thin) and their mean",
     )
     written.append(_save(fig, s.out / "malignancy_roc.png"))
 
@@ -550,8 +552,9 @@ def _figures(results: dict, curves: dict, label: str, s: Settings) -> list[str]:
         plot_kaplan_meier(
             surv[m].y_true,
             surv[m].y_score,
+            folds=surv[m].fold,
             ax=ax,
-            title=f"{m}: split at the median predicted risk\nHarrell's C {c}",
+            title=f"{m}: split at each fold's median predicted risk\nHarrell's C {c}",
         )
     axes[1].set_ylabel("")
     fig.suptitle(f"Survival, out-of-fold risk{suffix}")
