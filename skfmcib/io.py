@@ -298,6 +298,9 @@ class ImageSource:
     files_read : list of str
         Files whose voxel data were read, in the order they were read (a DICOM
         slice read twice appears once).
+    sequential : bool
+        Whether every read goes through the file from its start (gzip-compressed
+        files): several boxes are then best read as one box that holds them all.
 
     Examples
     --------
@@ -313,6 +316,7 @@ class ImageSource:
     """
 
     strategy = "whole"
+    sequential = False
 
     def __init__(self, path: str, geometry: Geometry) -> None:
         self.path = path
@@ -394,9 +398,10 @@ class _StreamSource(ImageSource):
 
     strategy = "stream"
 
-    def __init__(self, path: str, geometry: Geometry, io_name: str) -> None:
+    def __init__(self, path: str, geometry: Geometry, io_name: str, sequential: bool) -> None:
         super().__init__(path, geometry)
         self._io_name = io_name
+        self.sequential = sequential
 
     def _read(self, lo, hi):
         reader = sitk.ImageFileReader()
@@ -501,6 +506,20 @@ def _raw_nrrd_layout(path: str, size: tuple[int, int, int]) -> tuple[np.dtype, i
     if os.path.getsize(path) < offset + math.prod(sizes) * dtype.itemsize:
         return None
     return dtype, offset
+
+
+def _meta_compressed(path: Path) -> bool:
+    """Whether a MetaImage header says its voxels are zlib-compressed."""
+    if path.suffix.lower() not in (".mha", ".mhd"):
+        return False
+    with open(path, "rb") as f:
+        for raw in f.read(16384).split(b"\n"):
+            key, _, value = raw.decode("latin-1").partition("=")
+            if key.strip() == "CompressedData":
+                return value.strip().lower() == "true"
+            if key.strip() == "ElementDataFile":
+                break
+    return False
 
 
 # ----------------------------------------------------------------------------- DICOM
@@ -768,7 +787,8 @@ def open_image(path: str | os.PathLike, series_uid: str | None = None) -> ImageS
         if layout is not None:
             return _RawSource(str(path), geometry, *layout)
     elif io_name in ("NiftiImageIO", "MetaImageIO"):
-        return _StreamSource(str(path), geometry, io_name)
+        compressed = path.name.lower().endswith(".gz") or _meta_compressed(path)
+        return _StreamSource(str(path), geometry, io_name, compressed)
     return _WholeSource(str(path), geometry)
 
 

@@ -166,14 +166,18 @@ class _Voxels(Protocol):
     def read_region(self, lo, hi) -> np.ndarray: ...
 
 
-def _sample_normalized(volume: _Voxels, start: np.ndarray) -> np.ndarray:
-    """Sample ``volume`` normalised, on the 1 mm LPS grid from ``start``; (z, y, x) output.
+@dataclass(frozen=True)
+class _SamplePlan:
+    """Where a patch's samples fall in the image: neighbours, weights, voxels to read."""
 
-    As in the reference, intensities are normalised first and the image is surrounded
-    by 0.0 (-1024 HU), then interpolated trilinearly. Only the block of voxels the
-    samples touch is read from ``volume``.
-    """
-    geom = volume.geometry
+    floor: np.ndarray  # (50, 50, 50, 3) int64: lower neighbour index (x, y, z)
+    frac: np.ndarray  # (50, 50, 50, 3) float64: trilinear weights of the upper neighbours
+    lo: np.ndarray  # (3,) first voxel to read (x, y, z)
+    hi: np.ndarray  # (3,) one past the last voxel to read
+
+
+def _sample_plan(geom: Geometry, start: np.ndarray) -> _SamplePlan:
+    """The samples of the 1 mm LPS grid from ``start`` in ``geom``'s voxel indices."""
     inv = np.linalg.inv(geom.index_to_physical)  # LPS offset -> (x, y, z) index
     k = np.arange(PATCH_SIZE, dtype=np.float64)
     base = inv @ (start - geom.origin)
@@ -193,13 +197,19 @@ def _sample_normalized(volume: _Voxels, start: np.ndarray) -> np.ndarray:
     # makes every out-of-image neighbour read the fill value.
     lo = np.clip(floor.reshape(-1, 3).min(0), 0, size - 1)
     hi = np.clip(floor.reshape(-1, 3).max(0) + 2, 1, size)
+    return _SamplePlan(floor, frac, lo, hi)
+
+
+def _interpolate(hu: np.ndarray, plan: _SamplePlan) -> np.ndarray:
+    """Trilinear samples of the normalised voxels ``hu`` (the plan's block), 0.0 outside."""
+    lo, hi, floor, frac = plan.lo, plan.hi, plan.floor, plan.frac
     block = np.zeros(tuple((hi - lo + 2)[::-1]), dtype=np.float64)
-    block[1:-1, 1:-1, 1:-1] = normalize_hu(volume.read_region(lo, hi))
+    block[1:-1, 1:-1, 1:-1] = normalize_hu(hu)
     # Neighbour indices in the block; everything beyond the image lands on the fill.
     local = floor - lo + 1  # (..., 3) in x, y, z
     shape = block.shape  # (z, y, x)
     flat = block.ravel()
-    out = np.zeros(idx.shape[:3], dtype=np.float64)
+    out = np.zeros(floor.shape[:3], dtype=np.float64)
     for dx in (0, 1):
         wx = frac[..., 0] if dx else 1.0 - frac[..., 0]
         ix = np.clip(local[..., 0] + dx, 0, shape[2] - 1)
@@ -211,6 +221,32 @@ def _sample_normalized(volume: _Voxels, start: np.ndarray) -> np.ndarray:
                 iz = np.clip(local[..., 2] + dz, 0, shape[0] - 1)
                 out += wx * wy * wz * flat[(iz * shape[1] + iy) * shape[2] + ix]
     return out
+
+
+def _sample_normalized(volume: _Voxels, start: np.ndarray) -> np.ndarray:
+    """Sample ``volume`` normalised, on the 1 mm LPS grid from ``start``; (z, y, x) output.
+
+    As in the reference, intensities are normalised first and the image is surrounded
+    by 0.0 (-1024 HU), then interpolated trilinearly. Only the block of voxels the
+    samples touch is read from ``volume``.
+    """
+    plan = _sample_plan(volume.geometry, start)
+    return _interpolate(volume.read_region(plan.lo, plan.hi), plan)
+
+
+class _Block:
+    """A box of voxels already read, serving the boxes inside it."""
+
+    def __init__(self, voxels: np.ndarray, lo: np.ndarray) -> None:
+        self.voxels, self.lo = voxels, lo
+
+    def read_region(self, lo, hi) -> np.ndarray:
+        a, b = np.asarray(lo) - self.lo, np.asarray(hi) - self.lo
+        return self.voxels[a[2] : b[2], a[1] : b[1], a[0] : b[0]]
+
+
+# A union of boxes read at once (sequential sources) is at most this many voxels.
+_MAX_UNION_VOXELS = 32 * 2**20
 
 
 def extract_patch(volume: Volume | _Voxels, seed_lps: np.ndarray) -> np.ndarray:
@@ -321,24 +357,45 @@ def _image_jobs(
 
 def _image_patches(job: _ImageJob) -> Iterator[tuple[int, np.ndarray | RowError]]:
     path = job.path
+
+    def failed(pos, label, exc: ImageReadError) -> tuple[int, RowError]:
+        return pos, RowError(label, path, str(exc).removeprefix(f"{path}: "))
+
     try:
         source = open_image(path, job.series_uid)
     except ImageReadError as exc:
         for pos, label, _ in job.rows:
-            yield pos, RowError(label, path, str(exc).removeprefix(f"{path}: "))
+            yield failed(pos, label, exc)
         return
     with source:
+        plans = []
         for pos, label, seed in job.rows:
             problem = _seed_problem(source.geometry, seed)
             if problem:
                 yield pos, RowError(label, path, problem)
-                continue
-            try:
-                patch = extract_patch(source, seed)
-            except ImageReadError as exc:
-                yield pos, RowError(label, path, str(exc).removeprefix(f"{path}: "))
             else:
-                yield pos, patch
+                start = patch_grid(source.geometry, seed).start
+                plans.append((pos, label, _sample_plan(source.geometry, start)))
+        reader: _Voxels = source
+        if source.sequential and len(plans) > 1:
+            # Each read of this file decompresses it from the start: read the box that
+            # holds every lesion's voxels once.
+            lo = np.min([p.lo for _, _, p in plans], axis=0)
+            hi = np.max([p.hi for _, _, p in plans], axis=0)
+            if np.prod(hi - lo) <= _MAX_UNION_VOXELS:
+                try:
+                    reader = _Block(source.read_region(lo, hi), lo)
+                except ImageReadError as exc:
+                    for pos, label, _ in plans:
+                        yield failed(pos, label, exc)
+                    return
+        for pos, label, plan in plans:
+            try:
+                hu = reader.read_region(plan.lo, plan.hi)
+            except ImageReadError as exc:
+                yield failed(pos, label, exc)
+            else:
+                yield pos, _interpolate(hu, plan).astype(np.float32)
 
 
 def iter_patches(

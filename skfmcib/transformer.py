@@ -315,9 +315,11 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
                 out[pos] = hit
         return np.asarray(todo, dtype=np.int64)
 
-    def _batch_size(self) -> int:
+    def _batch_size(self, loading: _Loader | None = None) -> int:
         if self.batch_size != "auto":
             return int(self.batch_size)
+        if loading is not None:
+            loading.wait()
         if "_auto_batch" not in self.__dict__:
             self._auto_batch = runtime.auto_batch_size(self.encoder_, self.device_, self.precision)
         return self._auto_batch
@@ -340,10 +342,11 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
     def _progress(self, total: int) -> Progress:
         return Progress(total, enabled=self.progress, unit="lesions")
 
-    def _transform_table(self, X: pd.DataFrame) -> np.ndarray:
+    def _transform_table(self, X: pd.DataFrame, loading: _Loader | None = None) -> np.ndarray:
+        """Features of a lesion table; ``loading``: weights still being loaded (no cache)."""
         seeds = validate_table(X, self.coordinate_system)
-        out = np.full((len(X), self.n_features_out_), np.nan, dtype=np.float32)
-        cache = self._feature_cache()
+        out = None if loading is not None else self._empty_output(len(X))
+        cache = None if loading is not None else self._feature_cache()
         keys: list = [None] * len(X)
         todo = np.arange(len(X))
         if cache is not None:
@@ -351,10 +354,10 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
             todo = self._fill_from_cache(cache, keys, out)
         with self._progress(len(X)) as bar:
             bar.update(len(X) - len(todo))
-            if len(todo) == 0:
-                return out
             # Images are read and patches extracted in background threads (n_jobs)
             # while this thread encodes; rows come grouped by image.
+            if len(todo) == 0:
+                return out
             results = iter_patches(X.iloc[todo], self.coordinate_system, self._n_threads())
             batch, where = [], []
             with contextlib.closing(results):
@@ -365,13 +368,60 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
                         continue
                     batch.append(patch)
                     where.append(todo[pos])
-                    if len(batch) == self._batch_size():
+                    if len(batch) == self._batch_size(loading):
+                        out = self._ready_output(out, len(X), loading)
                         self._encode_into(out, where, np.stack(batch)[:, None], cache, keys)
                         bar.update(len(batch))
                         batch, where = [], []
+                out = self._ready_output(out, len(X), loading)
                 if batch:
                     self._encode_into(out, where, np.stack(batch)[:, None], cache, keys)
                     bar.update(len(batch))
+        return out
+
+    def _empty_output(self, n: int) -> np.ndarray:
+        return np.full((n, self.n_features_out_), np.nan, dtype=np.float32)
+
+    def _ready_output(self, out, n: int, loading: _Loader | None) -> np.ndarray:
+        """The output array, once the weights are loaded (waiting for them if needed)."""
+        if out is None:
+            loading.wait()
+            out = self._empty_output(n)
+        return out
+
+    def fit_transform(self, X, y=None, **fit_params):
+        """Fit (load the encoder) and compute the features of ``X``.
+
+        For a lesion table without a feature cache, the first images are read while
+        the weights load; the result is that of ``fit(X).transform(X)``.
+
+        Parameters
+        ----------
+        X : DataFrame or array-like
+            As for :meth:`transform`.
+        y : ignored
+            Accepted for API compatibility.
+        **fit_params : dict
+            Passed to :meth:`fit` (none are used).
+
+        Returns
+        -------
+        ndarray of shape (n_lesions, n_features_out_), float32
+        """
+        if not isinstance(X, pd.DataFrame):
+            return self.fit(X, y, **fit_params).transform(X)
+        self._check_params()
+        if self._feature_memory() is not None:
+            return self.fit(X, y, **fit_params).transform(X)
+        validate_table(X, self.coordinate_system)
+        self.device_ = runtime.resolve_device(self.device)  # for the reading threads
+        loading = _Loader(lambda: self.fit(X, y, **fit_params))
+        try:
+            out = self._transform_table(X, loading)
+        except BaseException:
+            loading.wait(reraise=False)
+            raise
+        loading.wait()
         return out
 
     def _row_failed(self, error: RowError) -> None:
@@ -418,6 +468,28 @@ def _weights_memo_key(weights, config, cache_dir, seed) -> tuple | None:
     if isinstance(weights, (str, os.PathLike)):
         return ("file", os.path.abspath(os.path.expanduser(os.fspath(weights))), config)
     return None  # not valid weights: load_encoder says why
+
+
+class _Loader:
+    """Runs a function (loading the weights) in a thread; ``wait`` joins it."""
+
+    def __init__(self, fn) -> None:
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                fn()
+            except BaseException as exc:  # handed to the caller of wait
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name="skfmcib-weights", daemon=True)
+        self._thread.start()
+
+    def wait(self, reraise: bool = True) -> None:
+        self._thread.join()
+        if reraise and self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 class _WeightsMemo:

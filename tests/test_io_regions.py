@@ -89,6 +89,35 @@ def test_file_regions_equal_full_reads(tmp_path, name, strategy, direction):
         direction=direction,
     )
     assert _assert_regions_equal_full_read(path) == strategy
+    with open_image(path) as source:
+        assert source.sequential == name.endswith(".gz")
+
+
+def test_compressed_metaimage_is_sequential(tmp_path):
+    path = tmp_path / "ct.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(_noise((9, 10, 11))), str(path), useCompression=True)
+    assert _assert_regions_equal_full_read(path) == "stream"
+    with open_image(path) as source:
+        assert source.sequential
+
+
+def test_lesions_of_a_gzipped_image_come_from_one_read(tmp_path, monkeypatch):
+    import skfmcib.patches as patches_mod
+
+    path = write_image(tmp_path / "ct.nii.gz", _noise((40, 70, 66)), (0.7, 0.8, 1.25))
+    seeds = np.array([[10.0, 12.0, 20.0], [30.0, 40.0, 30.0], [20.0, 25.0, 15.0]])
+    table = pd.DataFrame(seeds, columns=["coordX", "coordY", "coordZ"])
+    table.insert(0, "image_path", str(path))
+    opened = []
+    real = patches_mod.open_image
+    monkeypatch.setattr(
+        patches_mod, "open_image", lambda *a: opened.append(real(*a)) or opened[-1]
+    )
+    patches = load_patches(table)
+    assert opened[0].files_read == [str(path)]  # one region read for the three lesions
+    volume = read_image(path)
+    for i, seed in enumerate(seeds):
+        np.testing.assert_array_equal(patches[i, 0], extract_patch(volume, seed))
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.float32, np.float64])

@@ -131,3 +131,26 @@ def test_invalid_n_jobs_fails_in_fit(bad):
 def test_resolve_n_jobs():
     assert resolve_n_jobs(0) == 0 and resolve_n_jobs(5) == 5
     assert resolve_n_jobs(None) >= 1 and resolve_n_jobs(-1) >= 1
+
+
+def test_fit_transform_reads_while_loading_and_equals_fit_then_transform(interleaved, tmp_path):
+    from skfmcib.weights import CheckpointError
+
+    params = dict(weights=None, arch=TINY, random_state=0, device="cpu", batch_size=4)
+    expected = FMCIBTransformer(**params).fit().transform(interleaved)
+    model = FMCIBTransformer(**params)
+    np.testing.assert_array_equal(model.fit_transform(interleaved), expected)
+    assert model.n_features_out_ == 128 and model.weights_info_.source == "random"
+    # Errors of either side reach the caller: a bad row, bad weights, every row bad.
+    bad = interleaved.copy()
+    bad.iloc[3, 0] = str(tmp_path / "nowhere.nii")
+    with pytest.raises(RowError, match="row lesion3"):
+        FMCIBTransformer(**params).fit_transform(bad)
+    corrupt = tmp_path / "corrupt.torch"
+    corrupt.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt.torch"):
+        FMCIBTransformer(weights=corrupt, device="cpu").fit_transform(interleaved)
+    nowhere = interleaved.assign(image_path=str(tmp_path / "nowhere.nii"))
+    with pytest.warns(UserWarning, match="no such file"):
+        out = FMCIBTransformer(**params, on_error="nan").fit_transform(nowhere)
+    assert out.shape == (10, 128) and np.isnan(out).all()

@@ -117,3 +117,15 @@ def test_cuda_encoding_matches_cpu(ct_patches, precision):
     gpu = encode(gpu_net, ct_patches, cuda, precision)
     assert _cosine(cpu, gpu).min() >= (0.99999 if precision == "fp32" else 0.999)
     assert 1 <= auto_batch_size(gpu_net, cuda, precision) <= 256
+
+
+def test_stored_bf16_weights_give_exactly_the_features_of_plain_autocast(ct_patches):
+    torch.manual_seed(2)
+    net = build_encoder({"arch": "resnet50", "widen_factor": 0.25}).eval()
+    x = torch.from_numpy(ct_patches[:3]).to(memory_format=torch.channels_last_3d)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = net.to(memory_format=torch.channels_last_3d)(x).float().numpy()
+    prepared = prepare_encoder(net, CPU, "bf16")
+    assert prepared.conv1.weight.dtype == torch.bfloat16
+    assert prepared.bn1.weight.dtype == torch.float32
+    np.testing.assert_array_equal(encode(prepared, ct_patches[:3], CPU, "bf16"), plain)
