@@ -168,6 +168,93 @@ def _check_3d_scalar(path: str, dim: int, components: int, size) -> None:
         )
 
 
+def _check_gzip_complete(path: Path) -> None:
+    """Reject a gzipped NIfTI cut short (an interrupted copy or download).
+
+    A gzip file ends with the size of its content modulo 2**32, and a NIfTI header says
+    how large the content is. ITK reads a file that lost only its end without complaint
+    (the missing voxels become zeros), so compare the two.
+    """
+    import gzip
+    import struct
+
+    if not path.name.lower().endswith(".nii.gz"):
+        return
+    with open(path, "rb") as fh:
+        if fh.read(2) != b"\x1f\x8b":
+            return  # not gzip at all: ITK says what it is not
+    try:
+        with gzip.open(path, "rb") as fh:
+            header = fh.read(540)
+        with open(path, "rb") as fh:
+            fh.seek(-4, os.SEEK_END)
+            stored = struct.unpack("<I", fh.read(4))[0]
+    except (OSError, EOFError, struct.error) as exc:
+        raise ImageReadError(
+            f"{path}: cannot read image (file is truncated or corrupt: {exc})"
+        ) from exc
+    for order in "<>":
+        if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:
+            dims = struct.unpack(order + "8h", header[40:56])
+            bitpix = struct.unpack(order + "h", header[72:74])[0]
+            offset = int(struct.unpack(order + "f", header[108:112])[0])
+            break
+        if len(header) >= 540 and struct.unpack(order + "i", header[:4])[0] == 540:
+            dims = struct.unpack(order + "8q", header[16:80])
+            bitpix = struct.unpack(order + "h", header[14:16])[0]
+            offset = int(struct.unpack(order + "q", header[168:176])[0])
+            break
+    else:
+        return  # not a NIfTI header this knows: let ITK judge
+    n = 1
+    for d in dims[1 : 1 + max(0, min(int(dims[0]), 7))]:
+        n *= max(1, int(d))
+    expected = max(offset, 348) + n * bitpix // 8
+    if stored == expected % 2**32:
+        return
+    # A file of several gzip members (bgzip) stores only the last member's size: count
+    # the content itself before calling the file truncated.
+    try:
+        with gzip.open(path, "rb") as fh:
+            stored = sum(len(block) for block in iter(lambda: fh.read(1 << 22), b""))
+    except (OSError, EOFError) as exc:
+        raise ImageReadError(
+            f"{path}: cannot read image (file is truncated or corrupt: {exc})"
+        ) from exc
+    if stored != expected:
+        raise ImageReadError(
+            f"{path}: cannot read image (file is truncated: its gzip stream holds {stored} "
+            f"bytes, the NIfTI header needs {expected}); copy or download it again"
+        )
+
+
+def _check_slice_gaps(path: Path, distances: list[float]) -> None:
+    """Reject a DICOM series with missing slices (a gap in the slice positions)."""
+    if len(distances) < 3:
+        return
+    ordered = np.sort(np.asarray(distances, dtype=np.float64))
+    steps = np.diff(ordered)
+    step = float(np.median(steps))
+    worst = int(np.argmax(steps))
+    if step > 0 and steps[worst] > 1.5 * step:
+        raise ImageReadError(
+            f"{path}: missing slices: the slice positions jump {steps[worst]:.2f} mm (from "
+            f"{ordered[worst]:.2f} to {ordered[worst + 1]:.2f} mm along the stack) where "
+            f"slices are {step:.2f} mm apart"
+        )
+
+
+def _check_series_gaps(path: Path, reader: sitk.ImageSeriesReader, image: sitk.Image) -> None:
+    normal = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)[:, 2]
+    distances = []
+    for k in range(len(reader.GetFileNames())):
+        if not reader.HasMetaDataKey(k, "0020|0032"):
+            return
+        position = [float(v) for v in reader.GetMetaData(k, "0020|0032").split("\\")]
+        distances.append(float(normal @ np.asarray(position)))
+    _check_slice_gaps(path, distances)
+
+
 def read_geometry(path: str | os.PathLike, series_uid: str | None = None) -> Geometry:
     """Read an image's geometry without its voxels.
 
@@ -250,8 +337,11 @@ def read_image(path: str | os.PathLike, series_uid: str | None = None) -> Volume
             files = _dicom_series_files(path, series_uid)
             reader = sitk.ImageSeriesReader()
             reader.SetFileNames(files)
+            reader.MetaDataDictionaryArrayUpdateOn()
             image = reader.Execute()
+            _check_series_gaps(path, reader, image)
         else:
+            _check_gzip_complete(path)
             image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise ImageReadError(f"{path}: cannot read image ({_first_line(exc)})") from exc
@@ -771,6 +861,7 @@ def open_image(path: str | os.PathLike, series_uid: str | None = None) -> ImageS
         raise ImageReadError(f"{path}: no such file or directory")
     if path.is_dir():
         return _open_dicom_directory(path, series_uid)
+    _check_gzip_complete(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -805,7 +896,10 @@ def _open_dicom_directory(path: Path, series_uid: str | None) -> ImageSource:
         source = _WholeSource(str(path), volume.geometry, series_uid)
         source._volume = volume
         return source
-    return _DicomSource(str(path), *layout)
+    geometry, slices = layout
+    normal = geometry.direction[:, 2]
+    _check_slice_gaps(path, [float(normal @ sl.position) for sl in slices])
+    return _DicomSource(str(path), geometry, slices)
 
 
 # ------------------------------------------------------------------------ identity

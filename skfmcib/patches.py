@@ -355,6 +355,31 @@ def _image_jobs(
     return errors, jobs
 
 
+class IntensityWarning(UserWarning):
+    """An image's intensities do not look like CT Hounsfield units."""
+
+
+def _warn_if_not_ct(source) -> None:
+    """Warn when the first slice holds no air: MR, PET, or CT without its rescale.
+
+    CT in HU has air (about -1000) around the body in its first slice; the first slice
+    is the cheapest part of a file to read.
+    """
+    nx, ny, _ = source.geometry.size
+    try:
+        low = float(np.min(source.read_region(np.array([0, 0, 0]), np.array([nx, ny, 1]))))
+    except ImageReadError:
+        return  # the patches will say what is wrong
+    if low > -500.0:
+        warnings.warn(
+            f"{source.path}: no voxel below -500 in its first slice (minimum {low:.0f}): "
+            "not a CT in HU? (MR, PET, or a CT stored without its rescale slope and "
+            "intercept); its features would be meaningless",
+            IntensityWarning,
+            stacklevel=2,
+        )
+
+
 def _image_patches(job: _ImageJob) -> Iterator[tuple[int, np.ndarray | RowError]]:
     path = job.path
 
@@ -368,6 +393,7 @@ def _image_patches(job: _ImageJob) -> Iterator[tuple[int, np.ndarray | RowError]
             yield failed(pos, label, exc)
         return
     with source:
+        _warn_if_not_ct(source)
         plans = []
         for pos, label, seed in job.rows:
             problem = _seed_problem(source.geometry, seed)

@@ -361,6 +361,7 @@ def test_lesion_table_input(tmp_path):
     rows = []
     for k, hu in enumerate((-200, 200)):
         arr = np.full((60, 60, 60), 40, dtype=np.int16)
+        arr[0, :4, :4] = -1000  # air, as any CT has
         arr[20:30, 20:30, 20:30] = hu
         arr[35:45, 35:45, 35:45] = -hu
         img = sitk.GetImageFromArray(arr)

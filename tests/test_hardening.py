@@ -1,10 +1,7 @@
 """Bad input, one test per kind: each is a clear error naming the row and the file.
 
 Through the public entry points (``load_patches``, ``FMCIBTransformer``, ``skfmcib
-extract``), and with property-based tests of the table validation. Tests marked
-``xfail(strict=True)`` describe checks that ``skfmcib.io`` / ``skfmcib.patches`` do not
-make yet (a gzip cut short, gaps in a DICOM series, non-CT intensities); they fail
-loudly once the checks land, so that the marker gets removed.
+extract``), and with property-based tests of the table validation.
 """
 
 from __future__ import annotations
@@ -27,7 +24,6 @@ from skfmcib.table import COORD_COLUMNS, RowError, row_problem, validate_table
 from skfmcib.weights import CheckpointError, load_encoder, save_checkpoint
 
 TINY = {"arch": "resnet10", "widen_factor": 0.25}
-NEEDS_IO_CHANGE = "skfmcib.io / skfmcib.patches do not make this check yet"
 
 
 def tiny(**kwargs) -> FMCIBTransformer:
@@ -134,7 +130,6 @@ def test_truncated_gzip_is_an_error_naming_row_and_file(good_ct, tmp_path):
     assert err.row == 0 and err.path.endswith("cut.nii.gz")
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_IO_CHANGE)
 def test_truncated_gzip_says_so_even_when_only_the_end_is_missing(good_ct, tmp_path):
     data = good_ct.read_bytes()
     for name, size in (("half.nii.gz", len(data) // 2), ("tail.nii.gz", len(data) - 20)):
@@ -154,7 +149,6 @@ def test_4d_image(tmp_path):
     assert "image is 4D" in row_error(table_of(tmp_path / "dynamic.nii.gz")).reason
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_IO_CHANGE)
 @pytest.mark.parametrize("kind", ["mr", "pet", "raw_ct_without_rescale"])
 def test_non_ct_intensities_warn(tmp_path, kind):
     hu = ct_array().astype(np.float32)
@@ -221,7 +215,6 @@ def test_dicom_directory_with_several_series(tmp_path):
     assert np.isfinite(load_patches(chosen)).all()
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_IO_CHANGE)
 def test_dicom_series_with_missing_slices(tmp_path):
     write_dicom_series(tmp_path / "dcm", ct_array()[:12])
     (tmp_path / "dcm" / "slice005.dcm").unlink()  # a gap of 4 mm in 2 mm slices
