@@ -149,6 +149,21 @@ def test_resampling_within_folds_keeps_their_sizes():
         assert (np.bincount(idx, minlength=60)[0::2] == np.bincount(idx, minlength=60)[1::2]).all()
 
 
+def test_bca_interval_corrects_the_upward_bias_of_resampled_average_precision():
+    """Duplicated samples raise average precision: percentiles sit above the estimate."""
+    rng = np.random.default_rng(9)
+    y = rng.integers(0, 2, 40)
+    score = rng.normal(0.6 * y, 1.0)
+    kwargs = dict(n_resamples=400, random_state=0)
+    plain = bootstrap_ci(average_precision_score, y, score, method="percentile", **kwargs)
+    bca = bootstrap_ci(average_precision_score, y, score, **kwargs)
+    assert plain.estimate == bca.estimate
+    assert bca.low < plain.low and bca.high < plain.high  # shifted down
+    assert bca.low < bca.estimate < bca.high
+    with pytest.raises(ValueError, match="method"):
+        bootstrap_ci(average_precision_score, y, score, method="basic")
+
+
 def test_bootstrap_ci_formats_and_unpacks():
     ci = BootstrapCI(0.8, 0.7, 0.9, 0.95, 100, 0)
     assert str(ci) == "0.80 [0.70, 0.90]"
