@@ -89,6 +89,11 @@ class BootstrapCI:
     n_failed : int
         Resamples left out because the metric is undefined on them (for example a
         resample holding one class only, or no comparable survival pairs).
+    method : str
+        How the interval was computed: ``"bca"``, ``"percentile"``, or ``"basic"``
+        when ``"bca"`` was asked for but the resampled metric was so biased that the
+        estimate lay outside the central ``confidence`` range of its bootstrap
+        distribution (see :func:`bootstrap_ci`): treat such intervals with care.
 
     Examples
     --------
@@ -105,6 +110,7 @@ class BootstrapCI:
     confidence: float
     n_resamples: int
     n_failed: int
+    method: str = "percentile"
 
     def __iter__(self) -> Iterator[float]:
         return iter((self.estimate, self.low, self.high))
@@ -251,12 +257,18 @@ def _bootstrap(
         )
     values = np.asarray(values)
     levels = [alpha / 2, 1 - alpha / 2]
-    if method == "bca":
+    q_low, q_high = np.quantile(values, levels)
+    if method == "bca" and not q_low <= estimate <= q_high:
+        # Too biased for BCa, whose levels then crowd into one tail: shift the
+        # percentile interval by the bias instead (the basic bootstrap interval).
+        low, high, method = 2 * estimate - q_high, 2 * estimate - q_low, "basic"
+    elif method == "bca":
         with one_blas_thread():
             jack = _jackknife(statistic, n, groups, folds)
-        levels = _bca_levels(values, estimate, jack, alpha)
-    low, high = np.quantile(values, levels)
-    return BootstrapCI(estimate, float(low), float(high), 1 - alpha, len(values), n_failed)
+        low, high = np.quantile(values, _bca_levels(values, estimate, jack, alpha))
+    else:
+        low, high = q_low, q_high
+    return BootstrapCI(estimate, float(low), float(high), 1 - alpha, len(values), n_failed, method)
 
 
 def _as_array(a) -> np.ndarray:
@@ -307,7 +319,12 @@ def bootstrap_ci(
         of the bootstrap distribution shifted for its bias and skew; the acceleration
         comes from a jackknife over the resampling units (samples or groups). It matters
         for metrics whose resamples are biased, such as average precision (duplicated
-        samples raise it). ``"percentile"``: the plain percentiles.
+        samples raise it). When the bias is so large that the estimate lies outside the
+        central ``1 - alpha`` range of the bootstrap distribution, BCa degenerates (both
+        levels crowd into one tail); the basic interval ``2 * estimate - (high, low)``
+        of the percentiles is returned instead, with ``method="basic"``. Small folds of
+        a cross-validation with rare classes do this to average precision.
+        ``"percentile"``: the plain percentiles.
     random_state : int, RandomState instance or None
         Seeds the resampling.
 

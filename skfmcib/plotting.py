@@ -8,10 +8,14 @@ a new figure, and returns the axes.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from sksurv.util import check_y_survival
+
+if TYPE_CHECKING:  # matplotlib is optional
+    from matplotlib.axes import Axes
 
 __all__ = ["plot_kaplan_meier", "plot_label_efficiency", "plot_roc"]
 
@@ -26,7 +30,7 @@ def _pyplot():
     return plt
 
 
-def _axes(ax, figsize=(5.0, 4.5)):
+def _axes(ax: Axes | None, figsize=(5.0, 4.5)) -> Axes:
     if ax is not None:
         return ax
     _, ax = _pyplot().subplots(figsize=figsize, layout="constrained")
@@ -39,9 +43,9 @@ def plot_roc(
     *,
     folds=None,
     labels: Mapping[str, str] | None = None,
-    ax=None,
+    ax: Axes | None = None,
     title: str | None = None,
-):
+) -> Axes:
     """ROC curves of several models on the same lesions, with the chance diagonal.
 
     Parameters
@@ -128,11 +132,11 @@ def plot_kaplan_meier(
     *,
     folds=None,
     n_groups: int = 2,
-    ax=None,
+    ax: Axes | None = None,
     title: str | None = None,
     time_unit: str = "months",
     show_ci: bool = True,
-):
+) -> Axes:
     """Kaplan-Meier curves of groups split at quantiles of predicted risk.
 
     With ``n_groups=2`` the lesions are split at the median risk into "low risk" and
@@ -234,11 +238,11 @@ def plot_kaplan_meier(
 def plot_label_efficiency(
     curves: pd.DataFrame | Mapping[str, pd.DataFrame],
     *,
-    ax=None,
+    ax: Axes | None = None,
     metric: str = "score",
     title: str | None = None,
     reference: float | None = None,
-):
+) -> Axes:
     """Score against the fraction of training labels, mean and standard error over folds.
 
     Parameters

@@ -164,6 +164,24 @@ def test_bca_interval_corrects_the_upward_bias_of_resampled_average_precision():
         bootstrap_ci(average_precision_score, y, score, method="basic")
 
 
+def test_bca_falls_back_to_the_basic_interval_when_resamples_are_far_off():
+    """A statistic no resample reaches (the share of distinct samples, 1 on the data)."""
+
+    def distinct_share(y, s):
+        return len(np.unique(s)) / len(s)
+
+    x = np.arange(50.0)
+    ci = bootstrap_ci(distinct_share, x, x, n_resamples=200, random_state=0)
+    assert ci.method == "basic" and ci.estimate == 1.0
+    resampled = bootstrap_ci(
+        distinct_share, x, x, n_resamples=200, random_state=0, method="percentile"
+    )
+    assert resampled.high < 0.8 and resampled.method == "percentile"
+    assert ci.low == pytest.approx(2 - resampled.high) and ci.high == pytest.approx(
+        2 - resampled.low
+    )
+
+
 def test_bootstrap_ci_formats_and_unpacks():
     ci = BootstrapCI(0.8, 0.7, 0.9, 0.95, 100, 0)
     assert str(ci) == "0.80 [0.70, 0.90]"

@@ -427,7 +427,12 @@ def _results_table(results: dict, label: str):
             for model, prefix in ((label, "fmcib"), ("radiomics", "radiomics")):
                 ci = by_model[model].metrics[spec.name]
                 row.update(
-                    {f"{prefix}": ci.estimate, f"{prefix}_low": ci.low, f"{prefix}_high": ci.high}
+                    {
+                        f"{prefix}": ci.estimate,
+                        f"{prefix}_low": ci.low,
+                        f"{prefix}_high": ci.high,
+                        f"{prefix}_interval": ci.method,
+                    }
                 )
             diff = by_model["difference"][spec.name]
             row.update(
@@ -435,6 +440,7 @@ def _results_table(results: dict, label: str):
                     "difference": diff.estimate,
                     "difference_low": diff.low,
                     "difference_high": diff.high,
+                    "difference_interval": diff.method,
                 }
             )
             rows.append(row)
@@ -496,7 +502,11 @@ def _header(s: Settings, label, n_lesions, n_patients, n_fmcib, n_radiomics) -> 
 def _format_table(table, label: str) -> str:
     def ci(row, prefix, signed=False):
         fmt = "+.2f" if signed else ".2f"
-        return f"{row[prefix]:{fmt}} [{row[prefix + '_low']:{fmt}}, {row[prefix + '_high']:{fmt}}]"
+        mark = "*" if row[prefix + "_interval"] == "basic" else ""
+        return (
+            f"{row[prefix]:{fmt}} [{row[prefix + '_low']:{fmt}}, "
+            f"{row[prefix + '_high']:{fmt}}]{mark}"
+        )
 
     headers = ["task", "metric", label, "radiomics baseline", "difference"]
     body = [
@@ -513,6 +523,13 @@ def _format_table(table, label: str) -> str:
             shown[0] = ""
         previous = row[0]
         lines.append("  ".join(c.ljust(w) for c, w in zip(shown, widths, strict=True)).rstrip())
+    if any("*" in cell for row in body for cell in row):
+        lines += [
+            "",
+            "* basic bootstrap interval: the resampled metric was strongly biased (few "
+            "lesions of a class",
+            "  per fold), so this interval is rough; more lesions (--n-lesions) give stable ones.",
+        ]
     return "\n".join(lines)
 
 
