@@ -261,6 +261,8 @@ def save_then_die(obj, path, *args, **kwargs):
 
 
 torch.save = save_then_die
+# The parent's thread count: sums split over other thread counts round differently.
+torch.set_num_threads(int(sys.argv[3]))
 X, y = np.load(sys.argv[1]), np.load(sys.argv[2])
 FMCIBClassifier(**{params}).fit(X, y)
 """
@@ -274,7 +276,13 @@ def test_interrupted_training_resumes_to_the_uninterrupted_result(tmp_path, blob
     script = tmp_path / "child.py"
     script.write_text(textwrap.dedent(_CHILD).replace("{params}", repr(params)))
     child = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "X.npy"), str(tmp_path / "y.npy")],
+        [
+            sys.executable,
+            str(script),
+            str(tmp_path / "X.npy"),
+            str(tmp_path / "y.npy"),
+            str(torch.get_num_threads()),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
