@@ -504,7 +504,15 @@ class _StreamSource(ImageSource):
         except RuntimeError as exc:
             raise ImageReadError(f"{self.path}: cannot read image ({_first_line(exc)})") from exc
         self._record(self.path)
-        return sitk.GetArrayFromImage(image)
+        return np.asarray(_ImageVoxels(image))
+
+
+class _ImageVoxels:
+    """A SimpleITK image's voxels as an array interface: no copy, the image kept alive."""
+
+    def __init__(self, image: sitk.Image) -> None:
+        self._image = image
+        self.__array_interface__ = sitk.GetArrayViewFromImage(image).__array_interface__
 
 
 class _RawSource(ImageSource):

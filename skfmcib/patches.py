@@ -245,8 +245,9 @@ class _Block:
         return self.voxels[a[2] : b[2], a[1] : b[1], a[0] : b[0]]
 
 
-# A union of boxes read at once (sequential sources) is at most this many voxels.
-_MAX_UNION_VOXELS = 32 * 2**20
+# Boxes of a sequential source are read as one union box when it holds at most this many
+# voxels, or 4 times the voxels of the boxes themselves (lesions close together).
+_UNION_VOXELS = 8 * 2**20
 
 
 def extract_patch(volume: Volume | _Voxels, seed_lps: np.ndarray) -> np.ndarray:
@@ -408,7 +409,8 @@ def _image_patches(job: _ImageJob) -> Iterator[tuple[int, np.ndarray | RowError]
             # holds every lesion's voxels once.
             lo = np.min([p.lo for _, _, p in plans], axis=0)
             hi = np.max([p.hi for _, _, p in plans], axis=0)
-            if np.prod(hi - lo) <= _MAX_UNION_VOXELS:
+            boxes = sum(int(np.prod(p.hi - p.lo)) for _, _, p in plans)
+            if np.prod(hi - lo) <= max(_UNION_VOXELS, 4 * boxes):
                 try:
                     reader = _Block(source.read_region(lo, hi), lo)
                 except ImageReadError as exc:
