@@ -92,8 +92,8 @@ class BootstrapCI:
     method : str
         How the interval was computed: ``"bca"``, ``"percentile"``, or ``"basic"``
         when ``"bca"`` was asked for but the resampled metric was so biased that the
-        estimate lay outside the central ``confidence`` range of its bootstrap
-        distribution (see :func:`bootstrap_ci`): treat such intervals with care.
+        estimate lay outside the central 68 % of its bootstrap distribution (see
+        :func:`bootstrap_ci`): treat such intervals with care.
 
     Examples
     --------
@@ -179,11 +179,16 @@ def _jackknife(statistic: Callable[[np.ndarray], float], n: int, groups, folds) 
     return np.asarray(values)
 
 
-def _bca_levels(values: np.ndarray, estimate: float, jack: np.ndarray, alpha: float):
-    """Percentile levels of the bias-corrected and accelerated (BCa) interval."""
+def _bias_z(values: np.ndarray, estimate: float) -> float:
+    """BCa's bias correction z0: the normal quantile of the resamples below the estimate."""
     b = len(values)
     below = (np.sum(values < estimate) + 0.5 * np.sum(values == estimate)) / b
-    z0 = norm.ppf(np.clip(below, 0.5 / b, 1 - 0.5 / b))
+    return float(norm.ppf(np.clip(below, 0.5 / b, 1 - 0.5 / b)))
+
+
+def _bca_levels(values: np.ndarray, estimate: float, jack: np.ndarray, alpha: float):
+    """Percentile levels of the bias-corrected and accelerated (BCa) interval."""
+    z0 = _bias_z(values, estimate)
     accel = 0.0
     if len(jack) > 2:
         d = jack.mean() - jack
@@ -258,9 +263,10 @@ def _bootstrap(
     values = np.asarray(values)
     levels = [alpha / 2, 1 - alpha / 2]
     q_low, q_high = np.quantile(values, levels)
-    if method == "bca" and not q_low <= estimate <= q_high:
-        # Too biased for BCa, whose levels then crowd into one tail: shift the
-        # percentile interval by the bias instead (the basic bootstrap interval).
+    if method == "bca" and abs(_bias_z(values, estimate)) > 1.0:
+        # Too biased for BCa, whose levels then crowd into one tail and give a
+        # spuriously narrow interval: shift the percentile interval by the bias
+        # instead (the basic bootstrap interval), and say so.
         low, high, method = 2 * estimate - q_high, 2 * estimate - q_low, "basic"
     elif method == "bca":
         with one_blas_thread():
@@ -320,10 +326,12 @@ def bootstrap_ci(
         comes from a jackknife over the resampling units (samples or groups). It matters
         for metrics whose resamples are biased, such as average precision (duplicated
         samples raise it). When the bias is so large that the estimate lies outside the
-        central ``1 - alpha`` range of the bootstrap distribution, BCa degenerates (both
-        levels crowd into one tail); the basic interval ``2 * estimate - (high, low)``
-        of the percentiles is returned instead, with ``method="basic"``. Small folds of
-        a cross-validation with rare classes do this to average precision.
+        central 68 % of the bootstrap distribution (BCa's bias correction beyond one
+        standard deviation), BCa's levels crowd into one tail and give a spuriously
+        narrow interval; the basic interval ``2 * estimate - (high, low)`` of the
+        percentiles is returned instead, with ``method="basic"``: a rough interval.
+        Small folds of a cross-validation with rare classes do this to average
+        precision.
         ``"percentile"``: the plain percentiles.
     random_state : int, RandomState instance or None
         Seeds the resampling.
