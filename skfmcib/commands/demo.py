@@ -330,6 +330,8 @@ def run(args: argparse.Namespace) -> int:
     print()
     if figures:
         print(f"Figures in {s.out}: {', '.join(figures)}")
+    elif not can_plot:
+        print("No figures: matplotlib is not installed (pip install skfmcib[plot]).")
     print(f"Tables in {s.out}: results.csv, predictions.csv; cohort in {cohort_dir}")
     print(f"Total time: {stages.elapsed:.0f} s")
     return 0
