@@ -86,7 +86,7 @@ C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 ALPHA_GRID = (10.0, 100.0, 1000.0, 10000.0)
 
 
-# --------------------------------------------------------------------------- builders
+# ---------------------------------------------------------------------------- metrics
 
 
 # The classification metrics below equal scikit-learn's (tests compare them on random
@@ -130,6 +130,9 @@ def _average_precision(is_positive, y_score) -> float:
 #: may lack a class that the model predicts; the score (mean recall over the classes
 #: present) is still defined, so scikit-learn's warning about it is not shown.
 balanced_accuracy_scorer = make_scorer(_balanced_accuracy)
+
+
+# --------------------------------------------------------------------------- builders
 
 
 def _feature_step(features):
