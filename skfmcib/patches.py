@@ -20,6 +20,7 @@ from typing import Protocol
 
 import numpy as np
 import pandas as pd
+from sklearn.utils.validation import check_array
 
 from ._pipeline import prefetch
 from .io import Geometry, ImageReadError, Volume, open_image
@@ -31,6 +32,7 @@ __all__ = [
     "PATCH_SIZE",
     "PatchGrid",
     "as_patches",
+    "check_input_form",
     "check_patch_array",
     "RowWarning",
     "extract_patch",
@@ -616,3 +618,22 @@ def as_patches(X, *, coordinate_system: str = "LPS", on_error: str = "raise") ->
     if isinstance(X, pd.DataFrame):
         return load_patches(X, coordinate_system=coordinate_system, on_error=on_error)
     return check_patch_array(X)
+
+
+def check_input_form(X, coordinate_system: str = "LPS") -> None:
+    """Check estimator input's form in ``fit`` without reading any image.
+
+    A lesion table's columns and coordinate convention are checked; an array gets the
+    generic checks only (real, finite, dense, non-empty), with no copy. Patch shapes are
+    checked where patches are used (:func:`check_patch_array`). None is accepted.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skfmcib.patches import check_input_form
+    >>> check_input_form(np.zeros((2, 1, 50, 50, 50), np.float32))
+    """
+    if isinstance(X, pd.DataFrame):
+        validate_table(X, coordinate_system)
+    elif X is not None:
+        check_array(X, allow_nd=True, dtype=None, copy=False)

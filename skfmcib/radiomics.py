@@ -23,13 +23,11 @@ from __future__ import annotations
 from numbers import Real
 
 import numpy as np
-import pandas as pd
 from scipy import ndimage
 from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.utils.validation import check_array, check_is_fitted
+from sklearn.utils.validation import check_is_fitted
 
-from .patches import HU_OFFSET, HU_SCALE, PATCH_SIZE, as_patches
-from .table import validate_table
+from .patches import HU_OFFSET, HU_SCALE, PATCH_SIZE, as_patches, check_input_form
 
 __all__ = ["RADIOMICS_FEATURES", "RadiomicsTransformer", "radiomics_features"]
 
@@ -334,11 +332,7 @@ class RadiomicsTransformer(TransformerMixin, BaseEstimator):
         self : RadiomicsTransformer
         """
         self._check_params()
-        if isinstance(X, pd.DataFrame):
-            validate_table(X, self.coordinate_system)
-        elif X is not None:
-            # generic checks only (real, finite, dense); shapes are checked in transform
-            check_array(X, allow_nd=True, dtype=None, copy=False)
+        check_input_form(X, self.coordinate_system)
         self.n_features_out_ = len(RADIOMICS_FEATURES)
         return self
 

@@ -13,13 +13,13 @@ import pandas as pd
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_array, check_is_fitted, check_memory
+from sklearn.utils.validation import check_is_fitted, check_memory
 
 from . import runtime
 from ._cache import FeatureCache
 from ._progress import Progress
 from .encoder import EncoderConfig
-from .patches import RowWarning, check_patch_array, iter_patches, resolve_n_jobs
+from .patches import RowWarning, check_input_form, check_patch_array, iter_patches, resolve_n_jobs
 from .table import RowError, validate_table
 from .weights import REGISTRY, WeightsRecord, load_encoder
 
@@ -186,12 +186,7 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
         self : FMCIBTransformer
         """
         self._check_params()
-        if isinstance(X, pd.DataFrame):
-            validate_table(X, self.coordinate_system)
-        elif X is not None:
-            # Generic checks only (finite, real, non-empty, not sparse); no copy. The
-            # patch shape is checked where patches are used, in transform.
-            check_array(X, allow_nd=True, dtype=None, copy=False)
+        check_input_form(X, self.coordinate_system)
         self.device_ = runtime.resolve_device(self.device)
         seed = None
         if self.weights is None:
