@@ -461,7 +461,9 @@ def iter_patches(
     --------
     >>> import numpy as np, pandas as pd, SimpleITK as sitk, tempfile, os
     >>> from skfmcib.patches import iter_patches
-    >>> img = sitk.GetImageFromArray(np.full((60, 60, 60), 40, dtype=np.int16))
+    >>> ct = np.full((60, 60, 60), -1000, dtype=np.int16)  # air around a 40 HU body
+    >>> ct[:, 10:50, 10:50] = 40
+    >>> img = sitk.GetImageFromArray(ct)
     >>> path = os.path.join(tempfile.mkdtemp(), "ct.nii")
     >>> sitk.WriteImage(img, path)
     >>> table = pd.DataFrame({"image_path": [path, "absent.nii", path],
@@ -525,7 +527,9 @@ def load_patches(
     --------
     >>> import numpy as np, pandas as pd, SimpleITK as sitk, tempfile, os
     >>> from skfmcib import load_patches
-    >>> img = sitk.GetImageFromArray(np.full((60, 60, 60), 40, dtype=np.int16))
+    >>> ct = np.full((60, 60, 60), -1000, dtype=np.int16)  # air around a 40 HU body
+    >>> ct[:, 10:50, 10:50] = 40
+    >>> img = sitk.GetImageFromArray(ct)
     >>> path = os.path.join(tempfile.mkdtemp(), "ct.nii.gz")
     >>> sitk.WriteImage(img, path)
     >>> table = pd.DataFrame({"image_path": [path, path], "coordX": [30.0, 20.0],

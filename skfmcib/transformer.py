@@ -110,7 +110,9 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
     --------
     >>> import numpy as np, pandas as pd, SimpleITK as sitk, tempfile, os
     >>> from skfmcib import FMCIBTransformer
-    >>> img = sitk.GetImageFromArray(np.full((60, 60, 60), 40, dtype=np.int16))
+    >>> ct = np.full((60, 60, 60), -1000, dtype=np.int16)  # air around a 40 HU body
+    >>> ct[:, 10:50, 10:50] = 40
+    >>> img = sitk.GetImageFromArray(ct)
     >>> path = os.path.join(tempfile.mkdtemp(), "ct.nii.gz")
     >>> sitk.WriteImage(img, path)
     >>> table = pd.DataFrame({"image_path": [path], "coordX": [30.0],
