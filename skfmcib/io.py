@@ -386,8 +386,8 @@ class ImageSource:
         ``"raw"`` (byte ranges of an uncompressed file), ``"dicom"`` (the slices the
         box touches), or ``"whole"`` (the whole image, once, kept in memory).
     files_read : list of str
-        Files whose voxel data were read, in the order they were read (a DICOM
-        slice read twice appears once).
+        Files whose voxel data were read, one entry per read, in order (a DICOM
+        slice still in the source's slice cache is not read again).
     sequential : bool
         Whether every read goes through the file from its start (gzip-compressed
         files): several boxes are then best read as one box that holds them all.

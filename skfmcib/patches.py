@@ -247,9 +247,24 @@ class _Block:
         return self.voxels[a[2] : b[2], a[1] : b[1], a[0] : b[0]]
 
 
-# Boxes of a sequential source are read as one union box when it holds at most this many
-# voxels, or 4 times the voxels of the boxes themselves (lesions close together).
-_UNION_VOXELS = 8 * 2**20
+# Boxes of a sequential source are read together, as union boxes of at most this many
+# voxels (32 MiB of int16): one pass through the file per union instead of one per lesion.
+_UNION_VOXELS = 16 * 2**20
+
+
+def _union_groups(plans: list) -> list[tuple[np.ndarray, np.ndarray, list]]:
+    """Group plans (ordered by their first slice) into union boxes of bounded size."""
+    groups: list[tuple[np.ndarray, np.ndarray, list]] = []
+    for item in sorted(plans, key=lambda item: int(item[2].lo[2])):
+        plan = item[2]
+        if groups:
+            lo, hi, members = groups[-1]
+            new_lo, new_hi = np.minimum(lo, plan.lo), np.maximum(hi, plan.hi)
+            if np.prod(new_hi - new_lo) <= _UNION_VOXELS:
+                groups[-1] = (new_lo, new_hi, [*members, item])
+                continue
+        groups.append((plan.lo, plan.hi, [item]))
+    return groups
 
 
 def extract_patch(volume: Volume | _Voxels, seed_lps: np.ndarray) -> np.ndarray:
@@ -405,27 +420,23 @@ def _image_patches(job: _ImageJob) -> Iterator[tuple[int, np.ndarray | RowError]
             else:
                 start = patch_grid(source.geometry, seed).start
                 plans.append((pos, label, _sample_plan(source.geometry, start)))
-        reader: _Voxels = source
-        if source.sequential and len(plans) > 1:
-            # Each read of this file decompresses it from the start: read the box that
-            # holds every lesion's voxels once.
-            lo = np.min([p.lo for _, _, p in plans], axis=0)
-            hi = np.max([p.hi for _, _, p in plans], axis=0)
-            boxes = sum(int(np.prod(p.hi - p.lo)) for _, _, p in plans)
-            if np.prod(hi - lo) <= max(_UNION_VOXELS, 4 * boxes):
-                try:
-                    reader = _Block(source.read_region(lo, hi), lo)
-                except ImageReadError as exc:
-                    for pos, label, _ in plans:
-                        yield failed(pos, label, exc)
-                    return
-        for pos, label, plan in plans:
+        if source.sequential:
+            # Each read of this file decompresses it from the start: read the lesions'
+            # boxes as a few union boxes, one pass each.
+            groups = _union_groups(plans)
+        else:
+            groups = [(plan.lo, plan.hi, [(pos, label, plan)]) for pos, label, plan in plans]
+        for lo, hi, members in groups:
             try:
-                hu = reader.read_region(plan.lo, plan.hi)
+                reader = _Block(source.read_region(lo, hi), lo)
             except ImageReadError as exc:
-                yield failed(pos, label, exc)
-            else:
+                for pos, label, _ in members:
+                    yield failed(pos, label, exc)
+                continue
+            for pos, _, plan in members:
+                hu = reader.read_region(plan.lo, plan.hi)
                 yield pos, _interpolate(hu, plan).astype(np.float32)
+            del reader, hu
 
 
 def iter_patches(

@@ -1,7 +1,7 @@
 """Where and how the encoder runs: device choice, precision and batched inference.
 
-- fp32 is exact arithmetic: on the CPU the default (contiguous) layout, which oneDNN
-  runs fastest in float32; on CUDA channels-last with TF32 switched off.
+- fp32 is exact float32 arithmetic: on the CPU in the checkpoint's (contiguous) layout,
+  on CUDA channels-last 3D with TF32 switched off.
 - bf16/fp16 run under autocast, channels-last 3D, with the convolution weights stored
   in that type once (the same numbers as casting them at every batch): on CPUs with
   bfloat16 units (AMX, AVX512-BF16) bf16 is faster than fp32 with cosine similarity
@@ -13,6 +13,9 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import mmap
+import sys
 
 import numpy as np
 import torch
@@ -88,20 +91,69 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 
 def _memory_format(device: torch.device, precision: str) -> torch.memory_format:
-    # Reduced precision runs fastest channels-last (oneDNN/AMX on CPU, tensor cores on
-    # GPU); fp32 on the CPU is fastest in the default layout (benchmarks/encoder.py).
+    # Reduced precision runs channels-last (oneDNN's bf16 kernels, tensor cores), as
+    # does CUDA. fp32 on the CPU keeps the checkpoint's layout: channels-last runs the
+    # encoder alone about 10 % faster there, but converting the weights costs about as
+    # much on a lesion table of a dozen rows, and its activations take ~50 MB more at
+    # the peak (benchmarks/encoder.py, docs/performance.md).
     if precision != "fp32" or device.type == "cuda":
         return torch.channels_last_3d
     return torch.contiguous_format
 
 
+class _FilePages:
+    """Drops the memory-mapped checkpoint pages of tensors that were just copied.
+
+    Weights read with ``torch.load(mmap=True)`` are pages of the checkpoint file; a
+    converted copy (another layout or type) would otherwise keep both in memory until
+    every tensor of the file is gone. Only whole pages inside a tensor that lie in a
+    private mapping of a file are dropped (``madvise(MADV_DONTNEED)``): they are clean
+    copies of the file, so anything still reading them gets the file's bytes again.
+    Does nothing off Linux.
+    """
+
+    def __init__(self) -> None:
+        self._maps: list[tuple[int, int]] = []
+        self._madvise = None
+        if not sys.platform.startswith("linux"):
+            return
+        try:
+            with open("/proc/self/maps") as f:
+                for line in f:
+                    fields = line.split()
+                    if len(fields) >= 6 and fields[4] != "0" and fields[1][3] == "p":
+                        lo, hi = (int(v, 16) for v in fields[0].split("-"))
+                        self._maps.append((lo, hi))
+            self._madvise = ctypes.CDLL(None, use_errno=True).madvise
+        except (OSError, AttributeError):
+            self._maps = []
+
+    def release(self, tensor: torch.Tensor) -> None:
+        if self._madvise is None or tensor.device.type != "cpu":
+            return
+        start = tensor.data_ptr()
+        end = start + tensor.numel() * tensor.element_size()
+        if not any(lo <= start and end <= hi for lo, hi in self._maps):
+            return
+        page = mmap.PAGESIZE
+        first, last = -(-start // page) * page, end // page * page
+        if last > first:
+            self._madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), _MADV_DONTNEED)
+
+
+_MADV_DONTNEED = 4
+
+
 def prepare_encoder(encoder: nn.Module, device: torch.device, precision: str) -> nn.Module:
     """Move an encoder to ``device`` in eval mode, in the fastest layout for ``precision``.
 
-    For bf16/fp16 the convolution weights are stored in that type once, in the
-    channels-last layout: autocast would cast them to it at every batch, so the
-    features are bit for bit those of plain autocast, with half the weight memory
-    and no per-batch cast. Normalisation layers stay float32, as autocast keeps them.
+    Convolution weights are stored channels-last 3D, except for fp32 on the CPU. For
+    bf16/fp16 they are also stored in that type once: autocast would cast them to it
+    at every batch, so the features are bit for bit those of plain autocast, with half
+    the weight memory and no per-batch cast; normalisation layers stay float32, as
+    autocast keeps them.
+    Weights memory-mapped from a checkpoint are not kept twice (see
+    :func:`skfmcib.weights.load_encoder`).
 
     Parameters
     ----------
@@ -119,24 +171,28 @@ def prepare_encoder(encoder: nn.Module, device: torch.device, precision: str) ->
     """
     dtype = check_precision(precision)
     fmt = _memory_format(device, precision)
-    encoder = encoder.to(device).eval()
-    if dtype is None:
-        return encoder.to(memory_format=fmt)
+    encoder = encoder.eval()
+    pages = _FilePages()
     with torch.no_grad():
         for module in encoder.modules():
             if isinstance(module, nn.modules.conv._ConvNd):
-                module.weight = nn.Parameter(
-                    module.weight.to(dtype=dtype, memory_format=fmt), requires_grad=False
-                )
+                old = module.weight
+                new = old.to(device=device, dtype=dtype or old.dtype, memory_format=fmt)
+                module.weight = nn.Parameter(new, requires_grad=old.requires_grad)
+                if new.data_ptr() != old.data_ptr():
+                    pages.release(old)
+                del old, new
                 if module.bias is not None:
-                    module.bias = nn.Parameter(module.bias.to(dtype), requires_grad=False)
+                    bias = module.bias.to(device=device, dtype=dtype or module.bias.dtype)
+                    module.bias = nn.Parameter(bias, requires_grad=module.bias.requires_grad)
             else:
-                # Copies, so that the weights of a memory-mapped checkpoint, now converted,
-                # are no longer kept mapped by a few small tensors that still point into it.
+                # Copies (or moves), so that no small tensor keeps the mapping of a
+                # memory-mapped checkpoint alive.
                 for name, param in list(module.named_parameters(recurse=False)):
-                    setattr(module, name, nn.Parameter(param.clone(), param.requires_grad))
+                    moved = param.to(device=device, copy=True)
+                    setattr(module, name, nn.Parameter(moved, param.requires_grad))
                 for name, buffer in list(module.named_buffers(recurse=False)):
-                    module.register_buffer(name, buffer.clone())
+                    module.register_buffer(name, buffer.to(device=device, copy=True))
     return encoder
 
 

