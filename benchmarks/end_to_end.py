@@ -1,0 +1,234 @@
+"""End to end: skfmcib against the reference package on full-size CTs, same lesions and weights.
+
+Each side runs in a new process (interpreter start, imports, weights, reading the
+scans, encoding), timed from outside, with the peak memory of its process tree.
+
+    python benchmarks/end_to_end.py                         # builds the reference venv
+    python benchmarks/end_to_end.py --reference-python /path/to/venv/bin/python
+    python benchmarks/end_to_end.py --no-reference --cohort 48
+    python benchmarks/end_to_end.py --no-reference --cohort 400 --device cuda \
+        --precision bf16 --batch-size auto --n-jobs -1        # on a GPU machine
+
+The reference (``foundation-cancer-image-biomarker``, needs Python < 3.12) is installed
+into ``benchmarks/.ref-venv`` on first use (several GB: it pulls a CUDA build of torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from _common import (
+    DEFAULT_WORKDIR,
+    REPO,
+    build_scans,
+    child_json,
+    lesion_table,
+    machine,
+    make_checkpoint,
+    run_measured,
+    wait_until_quiet,
+)
+
+REF_VENV = REPO / "benchmarks" / ".ref-venv"
+
+OURS = r"""
+import json, sys, time
+t0 = time.perf_counter()
+import numpy as np, pandas as pd
+from skfmcib import FMCIBTransformer
+t1 = time.perf_counter()
+csv, ckpt, out, precision, n_jobs, encoder_only, device, batch = sys.argv[1:9]
+table = pd.read_csv(csv)
+model = FMCIBTransformer(weights=ckpt, device=device, precision=precision, progress=False,
+                         n_jobs=None if n_jobs == "default" else int(n_jobs),
+                         batch_size=batch if batch == "auto" else int(batch))
+# fit_transform, as a Pipeline calls it: the first images are read while weights load.
+feats = model.fit_transform(table)
+t2 = time.perf_counter()
+np.save(out, feats)
+result = {"import_s": t1 - t0, "fit_transform_s": t2 - t1}
+if encoder_only == "1":
+    # The encoder alone on as many patches, already in memory: the speed limit.
+    x = np.random.default_rng(0).random((len(table), 1, 50, 50, 50), dtype=np.float32)
+    t4 = time.perf_counter()
+    model.transform(x)
+    result["encoder_only_s"] = time.perf_counter() - t4
+    t5 = time.perf_counter()
+    model.transform(table)  # weights loaded, scans in the page cache
+    result["transform_s"] = time.perf_counter() - t5
+print("@@RESULT " + json.dumps(result))
+"""
+
+REFERENCE = r"""
+import json, sys, time
+t0 = time.perf_counter()
+import numpy as np
+from fmcib.run import get_features
+t1 = time.perf_counter()
+csv, ckpt, out = sys.argv[1:4]
+df = get_features(csv, weights_path=ckpt)
+t2 = time.perf_counter()
+np.save(out, df[[f"pred_{i}" for i in range(4096)]].to_numpy(np.float32))
+print("@@RESULT " + json.dumps({"import_s": t1 - t0, "features_s": t2 - t1}))
+"""
+
+
+def reference_python(args) -> Path | None:
+    if args.no_reference:
+        return None
+    if args.reference_python:
+        return Path(args.reference_python)
+    python = REF_VENV / "bin" / "python"
+    if python.exists():
+        return python
+    base = _python_below_312()
+    print(f"installing the reference package into {REF_VENV} (with {base}) ...", flush=True)
+    subprocess.run([str(base), "-m", "venv", str(REF_VENV)], check=True)
+    try:
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", "foundation-cancer-image-biomarker"],
+            check=True,
+        )
+    except subprocess.CalledProcessError:
+        shutil.rmtree(REF_VENV, ignore_errors=True)
+        raise
+    return python
+
+
+def _python_below_312() -> str:
+    if sys.version_info < (3, 12):
+        return sys.executable
+    for name in ("python3.11", "python3.10", "python3.9"):
+        found = shutil.which(name)
+        if found:
+            return found
+    sys.exit("the reference package needs Python < 3.12; pass --reference-python")
+
+
+def _warm(paths) -> None:
+    """Read every scan once so both sides start from the page cache."""
+    for p in paths:
+        with open(p, "rb") as f:
+            while f.read(1 << 24):
+                pass
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
+    ap.add_argument("--scans", type=int, default=4)
+    ap.add_argument("--lesions-per-scan", type=int, default=3)
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    ap.add_argument("--n-jobs", default="default", help="skfmcib n_jobs (default: its default)")
+    ap.add_argument("--device", default="cpu", help="skfmcib device (the reference picks its own)")
+    ap.add_argument("--batch-size", default="8", help="skfmcib batch_size (an int or auto)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of skfmcib (best is reported)")
+    ap.add_argument("--reference-python", help="python of an environment with fmcib")
+    ap.add_argument("--no-reference", action="store_true")
+    ap.add_argument("--cohort", type=int, default=0, help="also run skfmcib on N lesions")
+    ap.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0,
+        help="before each run, wait up to this many seconds for other processes to go idle",
+    )
+    args = ap.parse_args()
+
+    print(machine())
+    ref_python = reference_python(args)
+    paths, kind = build_scans(args.workdir, args.scans)
+    table = lesion_table(paths, args.lesions_per_scan)
+    csv = args.workdir / "lesions.csv"
+    table.to_csv(csv, index=False)
+    ckpt = make_checkpoint(args.workdir)
+    print(f"{len(table)} lesions on {len(paths)} {kind} scans of 0.7 x 0.7 x 1.25 mm (.nii.gz)")
+    _warm(paths)
+
+    results = {}
+    ours_runs = []
+    for _ in range(args.repeat):
+        print(f"  ({wait_until_quiet(args.wait_quiet)})", flush=True)
+        run = run_measured(
+            [sys.executable, "-c", OURS, str(csv), str(ckpt), str(args.workdir / "ours.npy"),
+             args.precision, args.n_jobs, "0", args.device, args.batch_size],
+            cwd=REPO,
+        )  # fmt: skip
+        run.update(child_json(run["stdout"]))
+        ours_runs.append(run)
+        print(f"  skfmcib: {run['wall_s']:.2f} s, {run['peak_tree_rss_mb']:.0f} MB")
+    ours = min(ours_runs, key=lambda r: r["wall_s"])
+    results["skfmcib"] = ours
+    if ref_python is not None:
+        print(f"  ({wait_until_quiet(args.wait_quiet)})", flush=True)
+        ref = run_measured(
+            [str(ref_python), "-c", REFERENCE, str(csv), str(ckpt), str(args.workdir / "ref.npy")],
+            cwd=args.workdir,
+        )
+        ref.update(child_json(ref["stdout"]))
+        results["reference"] = ref
+        print(f"  reference: {ref['wall_s']:.2f} s, {ref['peak_tree_rss_mb']:.0f} MB")
+
+    n = len(table)
+    print()
+    print("| run | wall s | peak RSS MB (tree / largest process) | lesions/s |")
+    print("| --- | ---: | ---: | ---: |")
+    for name, r in results.items():
+        print(
+            f"| {name} | {r['wall_s']:.2f} | {r['peak_tree_rss_mb']:.0f} / "
+            f"{r['peak_process_rss_mb']:.0f} | {n / r['wall_s']:.2f} |"
+        )
+    o = results["skfmcib"]
+    print(
+        f"\nskfmcib ({args.precision}): import {o['import_s']:.2f} s, weights + read + encode "
+        f"{o['fit_transform_s']:.2f} s"
+    )
+    summary = {"lesions": n, "precision": args.precision, "machine": machine()}
+    if "reference" in results:
+        ref = results["reference"]
+        a = np.load(args.workdir / "ours.npy")
+        b = np.load(args.workdir / "ref.npy")
+        rel = float(np.abs(a - b).max() / np.abs(b).max())
+        ratio = ref["wall_s"] / o["wall_s"]
+        print(f"speed-up: {ratio:.1f}x; max |ours - reference| / max |reference| = {rel:.2e}")
+        summary.update(ratio=ratio, max_rel_diff=rel)
+    if args.cohort:
+        big = lesion_table(paths, max(1, args.cohort // len(paths)), seed=1)
+        big_csv = args.workdir / "cohort.csv"
+        big.to_csv(big_csv, index=False)
+        print(f"  ({wait_until_quiet(args.wait_quiet)})", flush=True)
+        run = run_measured(
+            [sys.executable, "-c", OURS, str(big_csv), str(ckpt), str(args.workdir / "big.npy"),
+             args.precision, args.n_jobs, "1", args.device, args.batch_size],
+            cwd=REPO,
+        )  # fmt: skip
+        run.update(child_json(run["stdout"]))
+        m = len(big)
+        busy = run["encoder_only_s"] / run["transform_s"]
+        print(
+            f"\ncohort of {m} lesions: {run['wall_s']:.1f} s end to end "
+            f"({m / run['wall_s']:.2f} lesions/s), read + encode {m / run['transform_s']:.2f} "
+            f"lesions/s, encoder alone {m / run['encoder_only_s']:.2f} patches/s "
+            f"(the encoder is busy {busy:.0%} of the transform), "
+            f"peak RSS {run['peak_tree_rss_mb']:.0f} MB"
+        )
+        summary["cohort"] = {
+            "lesions": m,
+            "wall_s": run["wall_s"],
+            "transform_lesions_per_s": m / run["transform_s"],
+            "encoder_patches_per_s": m / run["encoder_only_s"],
+            "encoder_busy": busy,
+            "peak_tree_rss_mb": run["peak_tree_rss_mb"],
+        }
+    for name, r in results.items():
+        summary[name] = {k: v for k, v in r.items() if k not in ("stdout", "stderr")}
+    (args.workdir / "end_to_end.json").write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
