@@ -12,11 +12,14 @@ A lesion's features are stored under a key made of everything that decides them:
 - the seed, in LPS millimetres.
 
 Changing any of these misses the cache. The device and batch size are not part of
-the key: they change features only by floating-point rounding.
+the key: they change features only by floating-point rounding. Entries read or written
+in this process are also kept in memory (64 MB at most) for the next lookups.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Any
 
@@ -44,6 +47,40 @@ def _lesion_features(key: Hashable, features: Any = None) -> Any:
     return features
 
 
+class _Recent:
+    """Features read or written in this process, by cache folder and key (bounded LRU).
+
+    A model-selection search reads the same lesions once per fold and candidate; this
+    spares the disk reads. Keys determine the features, so a copy is never stale.
+    """
+
+    def __init__(self, max_bytes: int = 64 << 20) -> None:
+        self._items: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self._max = max_bytes
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> np.ndarray | None:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: tuple, value: np.ndarray) -> None:
+        with self._lock:
+            if key in self._items:
+                return
+            self._items[key] = value
+            self._bytes += value.nbytes
+            while self._bytes > self._max and self._items:
+                _, old = self._items.popitem(last=False)
+                self._bytes -= old.nbytes
+
+
+_RECENT = _Recent()
+
+
 class FeatureCache:
     """Look up and store per-lesion features in a ``joblib.Memory``.
 
@@ -60,6 +97,7 @@ class FeatureCache:
 
         self._func = memory.cache(_lesion_features, ignore=["features"], verbose=0)
         self._prefix = (_FORMAT, __version__, encoder_key, PREPROCESSING)
+        self._where = str(memory.location)
 
     def row_keys(self, seeds: pd.DataFrame) -> list[tuple | None]:
         """Keys of the rows of :func:`~skfmcib.table.validate_table` output (None: uncachable)."""
@@ -87,11 +125,18 @@ class FeatureCache:
         if key is None:
             return None
         full = (self._prefix, key)
+        recent = _RECENT.get((self._where, full))
+        if recent is not None:
+            return recent.copy()
         if not self._func.check_call_in_cache(full):
             return None
-        return self._func(full)
+        value = self._func(full)
+        _RECENT.put((self._where, full), np.array(value, dtype=np.float32))
+        return value
 
     def put(self, key: tuple | None, features: np.ndarray) -> None:
         """Store the features of ``key``."""
         if key is not None:
-            self._func((self._prefix, key), features=np.array(features, dtype=np.float32))
+            value = np.array(features, dtype=np.float32)
+            self._func((self._prefix, key), features=value)
+            _RECENT.put((self._where, (self._prefix, key)), value.copy())
