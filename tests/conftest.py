@@ -96,3 +96,40 @@ def write_dicom_series(
         writer.SetFileName(str(directory / f"{prefix}{k:03d}.dcm"))
         writer.Execute(sl)
     return directory
+
+
+def patch_transformer_expected_failures(verb: str) -> dict[str, str]:
+    """scikit-learn checks a transformer of CT patches cannot pass, with the reason.
+
+    ``verb`` says what the transformer does with patches ("encodes", "describes").
+    """
+    needs_patches = (
+        f"transform {verb} 50^3 CT patches or lesion tables; the check's small generic "
+        "arrays are rejected with a ValueError naming the accepted shapes"
+    )
+    no_n_features = (
+        "the input is a lesion table or a stack of patch volumes, not a feature matrix, so "
+        "n_features_in_ is not defined"
+    )
+    checks = [
+        "check_fit_score_takes_y",
+        "check_estimators_dtypes",
+        "check_dtype_object",
+        "check_pipeline_consistency",
+        "check_estimators_nan_inf",
+        "check_estimators_pickle",
+        "check_f_contiguous_array_estimator",
+        "check_transformer_data_not_an_array",
+        "check_transformer_general",
+        "check_transformer_preserve_dtypes",
+        "check_methods_sample_order_invariance",
+        "check_methods_subset_invariance",
+        "check_dict_unchanged",
+        "check_fit_idempotent",
+        "check_fit2d_predict1d",
+    ]
+    return {
+        **{name: needs_patches for name in checks},
+        "check_n_features_in": no_n_features,
+        "check_n_features_in_after_fitting": no_n_features,
+    }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import patch_transformer_expected_failures
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skfmcib.patches import RowWarning, load_patches
@@ -165,38 +166,7 @@ def test_transform_before_fit_is_an_error():
         RadiomicsTransformer().transform(np.zeros((1, 50, 50, 50)))
 
 
-_NEEDS_PATCHES = (
-    "transform describes 50^3 CT patches or lesion tables; the check's small generic "
-    "arrays are rejected with a ValueError naming the accepted shapes"
-)
-_NO_N_FEATURES = (
-    "the input is a lesion table or a stack of patch volumes, not a feature matrix, so "
-    "n_features_in_ is not defined"
-)
-EXPECTED_FAILED_CHECKS = {
-    **{
-        name: _NEEDS_PATCHES
-        for name in [
-            "check_fit_score_takes_y",
-            "check_estimators_dtypes",
-            "check_dtype_object",
-            "check_pipeline_consistency",
-            "check_estimators_nan_inf",
-            "check_estimators_pickle",
-            "check_f_contiguous_array_estimator",
-            "check_transformer_data_not_an_array",
-            "check_transformer_general",
-            "check_transformer_preserve_dtypes",
-            "check_methods_sample_order_invariance",
-            "check_methods_subset_invariance",
-            "check_dict_unchanged",
-            "check_fit_idempotent",
-            "check_fit2d_predict1d",
-        ]
-    },
-    "check_n_features_in": _NO_N_FEATURES,
-    "check_n_features_in_after_fitting": _NO_N_FEATURES,
-}
+EXPECTED_FAILED_CHECKS = patch_transformer_expected_failures("describes")
 
 
 @parametrize_with_checks(

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import write_image
+from conftest import patch_transformer_expected_failures, write_image
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
@@ -231,38 +231,7 @@ def test_precision_bf16_stays_close_to_fp32(lesion_table):
 
 # --- scikit-learn's own estimator checks ---------------------------------------------------
 
-_NEEDS_PATCHES = (
-    "transform encodes 50^3 CT patches or lesion tables; the check's small generic arrays "
-    "are rejected with a ValueError naming the accepted shapes"
-)
-_NO_N_FEATURES = (
-    "the input is a lesion table or a stack of patch volumes, not a feature matrix, so "
-    "n_features_in_ is not defined"
-)
-EXPECTED_FAILED_CHECKS = {
-    **{
-        name: _NEEDS_PATCHES
-        for name in [
-            "check_fit_score_takes_y",
-            "check_estimators_dtypes",
-            "check_dtype_object",
-            "check_pipeline_consistency",
-            "check_estimators_nan_inf",
-            "check_estimators_pickle",
-            "check_f_contiguous_array_estimator",
-            "check_transformer_data_not_an_array",
-            "check_transformer_general",
-            "check_transformer_preserve_dtypes",
-            "check_methods_sample_order_invariance",
-            "check_methods_subset_invariance",
-            "check_dict_unchanged",
-            "check_fit_idempotent",
-            "check_fit2d_predict1d",
-        ]
-    },
-    "check_n_features_in": _NO_N_FEATURES,
-    "check_n_features_in_after_fitting": _NO_N_FEATURES,
-}
+EXPECTED_FAILED_CHECKS = patch_transformer_expected_failures("encodes")
 
 
 @parametrize_with_checks([tiny()], expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS)
