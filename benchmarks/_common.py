@@ -243,8 +243,8 @@ def run_measured(cmd: list[str], env: dict | None = None, cwd: Path | None = Non
         raise RuntimeError(f"{cmd[:3]} failed ({rc}):\n{err[-4000:]}")
     return {
         "wall_s": wall,
-        "peak_tree_rss_mb": peak[0] / 2**20,
-        "peak_process_rss_mb": maxrss_kb / 1024,
+        "peak_tree_rss_mib": peak[0] / 2**20,
+        "peak_process_rss_mib": maxrss_kb / 1024,
         "stdout": out[:marker] if marker >= 0 else out,
         "stderr": err,
     }

@@ -20,7 +20,7 @@ class _Failure:
 
 
 def prefetch(
-    tasks: Iterable[Callable[[], Iterable[T]]], n_threads: int, buffer: int = 8
+    tasks: Iterable[Callable[[], Iterable[T]]], n_threads: int, buffer: int = 8, ahead: int = 4
 ) -> Iterator[T]:
     """Yield the items of each task's iterable, in task order, computed ahead in threads.
 
@@ -32,8 +32,11 @@ def prefetch(
         Background threads. 0 runs every task in the calling thread, when its items
         are asked for.
     buffer : int, default=8
-        Items a task may compute ahead of the consumer; with ``n_threads + 1`` tasks
-        in flight this bounds the memory held.
+        Items a task may compute ahead of the consumer.
+    ahead : int, default=4
+        Tasks queued beyond those running: the threads go on to the next images while
+        the consumer is busy (encoding) instead of waiting for it. At most
+        ``(n_threads + ahead) * buffer`` items are held.
 
     Yields
     ------
@@ -79,7 +82,7 @@ def prefetch(
             pending.append(q)
 
     try:
-        for _ in range(n_threads + 1):
+        for _ in range(n_threads + max(1, ahead)):
             submit()
         while pending:
             item = pending[0].get()

@@ -23,6 +23,7 @@ import pandas as pd
 from sklearn.utils.validation import check_array
 
 from ._pipeline import prefetch
+from ._process import release_free_memory
 from .io import Geometry, ImageReadError, Volume, open_image
 from .table import RowError, row_problem, validate_table
 
@@ -437,6 +438,7 @@ def _image_patches(job: _ImageJob) -> Iterator[tuple[int, np.ndarray | RowError]
                 hu = reader.read_region(plan.lo, plan.hi)
                 yield pos, _interpolate(hu, plan).astype(np.float32)
             del reader, hu
+            release_free_memory()  # the box's voxels, before the encoder's next batch
 
 
 def iter_patches(

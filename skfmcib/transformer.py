@@ -3,30 +3,36 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
+import sys
 import threading
 import warnings
 from numbers import Integral
 
 import numpy as np
 import pandas as pd
-import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, check_memory
 
-from . import runtime
 from ._cache import FeatureCache
+from ._process import gc_paused
 from ._progress import Progress
-from .encoder import EncoderConfig
 from .patches import RowWarning, check_input_form, check_patch_array, iter_patches, resolve_n_jobs
 from .table import RowError, validate_table
-from .weights import REGISTRY, WeightsRecord, load_encoder
 
 __all__ = ["FMCIBTransformer"]
 
 
-def _encoder_config(arch) -> EncoderConfig | None:
+# torch (about a second to import) is imported when the weights load, not with this
+# module: fit_transform reads the first images while it imports, in another thread.
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def _encoder_config(arch):
+    from .encoder import EncoderConfig
+
     if arch is None or isinstance(arch, EncoderConfig):
         return arch
     if isinstance(arch, str):
@@ -59,7 +65,9 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
         ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
     batch_size : int or "auto", default=8
         Patches encoded at once. ``"auto"`` sizes batches to the free memory on CUDA
-        (see :func:`skfmcib.runtime.auto_batch_size`) and is 8 on the CPU.
+        (see :func:`skfmcib.runtime.auto_batch_size`) and is 8 on the CPU. The first
+        batch of a lesion table is half as large, so that encoding starts on the first
+        patches read; batches depend only on the table, never on timing.
     precision : {"fp32", "bf16", "fp16"}, default="fp32"
         Arithmetic of the encoder. ``"bf16"``/``"fp16"`` use autocast (channels-last):
         faster on hardware with reduced-precision units (about 2x with bf16 on CPUs
@@ -162,7 +170,10 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
             )
         resolve_n_jobs(self.n_jobs)
         _check_memory(self.memory)
-        runtime.check_precision(self.precision)
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}"
+            )
         if self.coordinate_system not in ("LPS", "RAS"):
             raise ValueError(
                 f"coordinate_system must be 'LPS' or 'RAS', got {self.coordinate_system!r}"
@@ -187,6 +198,10 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
         -------
         self : FMCIBTransformer
         """
+        with gc_paused():  # the first call imports torch
+            from . import runtime
+            from .weights import load_encoder
+
         self._check_params()
         check_input_form(X, self.coordinate_system)
         self.device_ = runtime.resolve_device(self.device)
@@ -226,6 +241,9 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
         return self._encoder
 
     def _reload_encoder(self) -> None:
+        from . import runtime
+        from .weights import load_encoder
+
         info = self.weights_info_
         encoder, new = load_encoder(
             self.weights,
@@ -297,6 +315,8 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
         encoder_key = (info.digest, tuple(sorted(info.config.to_dict().items())), self.precision)
         if info.source == "random":
             # Random initialisation depends on torch's generator and init code.
+            import torch
+
             encoder_key += (f"torch {torch.__version__}",)
         return FeatureCache(memory, encoder_key)
 
@@ -318,15 +338,22 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
         if loading is not None:
             loading.wait()
         if "_auto_batch" not in self.__dict__:
+            from . import runtime
+
             self._auto_batch = runtime.auto_batch_size(self.encoder_, self.device_, self.precision)
         return self._auto_batch
 
-    def _n_threads(self) -> int:
-        if self.n_jobs is None and self.device_.type == "cuda":
+    def _n_threads(self, on_cuda: bool | None = None) -> int:
+        """Reading threads; ``on_cuda``: where the encoder will run (default: ``device_``)."""
+        if on_cuda is None:
+            on_cuda = self.device_.type == "cuda"
+        if self.n_jobs is None and on_cuda:
             return os.cpu_count() or 1
         return resolve_n_jobs(self.n_jobs)
 
     def _encode(self, encoder, batch: np.ndarray) -> np.ndarray:
+        from . import runtime
+
         return runtime.encode(encoder, batch, self.device_, self.precision)
 
     def _encode_into(self, out, where, batch, cache, keys) -> None:
@@ -339,7 +366,9 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
     def _progress(self, total: int) -> Progress:
         return Progress(total, enabled=self.progress, unit="lesions")
 
-    def _transform_table(self, X: pd.DataFrame, loading: _Loader | None = None) -> np.ndarray:
+    def _transform_table(
+        self, X: pd.DataFrame, loading: _Loader | None = None, n_threads: int | None = None
+    ) -> np.ndarray:
         """Features of a lesion table; ``loading``: weights still being loaded (no cache)."""
         seeds = validate_table(X, self.coordinate_system)
         out = None if loading is not None else self._empty_output(len(X))
@@ -355,8 +384,16 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
             # while this thread encodes; rows come grouped by image.
             if len(todo) == 0:
                 return out
-            results = iter_patches(X.iloc[todo], self.coordinate_system, self._n_threads())
+            results = iter_patches(
+                X.iloc[todo],
+                self.coordinate_system,
+                n_threads if n_threads is not None else self._n_threads(),
+            )
             batch, where = [], []
+            # The first batch is half the size: the encoder starts on the first
+            # patches read rather than idling until a whole batch is ready. Batches
+            # depend only on the table, never on timing.
+            size = max(1, (self._batch_size(loading) + 1) // 2)
             with contextlib.closing(results):
                 for pos, patch in results:
                     if isinstance(patch, RowError):
@@ -365,11 +402,12 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
                         continue
                     batch.append(patch)
                     where.append(todo[pos])
-                    if len(batch) == self._batch_size(loading):
+                    if len(batch) == size:
                         out = self._ready_output(out, len(X), loading)
                         self._encode_into(out, where, np.stack(batch)[:, None], cache, keys)
                         bar.update(len(batch))
                         batch, where = [], []
+                        size = self._batch_size(loading)
                 out = self._ready_output(out, len(X), loading)
                 if batch:
                     self._encode_into(out, where, np.stack(batch)[:, None], cache, keys)
@@ -411,10 +449,12 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
         if self._feature_memory() is not None:
             return self.fit(X, y, **fit_params).transform(X)
         validate_table(X, self.coordinate_system)
-        self.device_ = runtime.resolve_device(self.device)  # for the reading threads
+        # The device decides the number of reading threads; torch is imported, and the
+        # device resolved, by fit in the loading thread, unless that is needed here.
+        n_threads = self._n_threads(on_cuda=_will_use_cuda(self.device))
         loading = _Loader(lambda: self.fit(X, y, **fit_params))
         try:
-            out = self._transform_table(X, loading)
+            out = self._transform_table(X, loading, n_threads)
         except BaseException:
             loading.wait(reraise=False)
             raise
@@ -458,6 +498,8 @@ def _check_memory(memory):
 
 
 def _weights_memo_key(weights, config, cache_dir, seed) -> tuple | None:
+    from .weights import REGISTRY, WeightsRecord
+
     if weights is None:
         return ("random", seed, config)
     if isinstance(weights, WeightsRecord) or (isinstance(weights, str) and weights in REGISTRY):
@@ -530,7 +572,43 @@ class _WeightsMemo:
 _WEIGHTS_SEEN = _WeightsMemo()
 
 
+def _torch_build_has_gpu() -> bool:
+    """Whether the installed torch was built for CUDA or ROCm, read without importing it.
+
+    ``torch/version.py`` is a plain module that records the build; a CPU-only build
+    can never see a GPU, so ``device="auto"`` is the CPU there.
+    """
+    spec = importlib.util.find_spec("torch")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for folder in locations:
+        path = os.path.join(folder, "version.py")
+        version_spec = importlib.util.spec_from_file_location("_skfmcib_torch_version", path)
+        if version_spec is None or version_spec.loader is None or not os.path.isfile(path):
+            continue
+        version = importlib.util.module_from_spec(version_spec)
+        try:
+            version_spec.loader.exec_module(version)
+        except Exception:  # an unusual torch: ask torch itself
+            return True
+        return bool(getattr(version, "cuda", None) or getattr(version, "hip", None))
+    return True
+
+
+def _will_use_cuda(device) -> bool:
+    """Whether ``device`` resolves to CUDA; imports torch only when it cannot tell otherwise."""
+    spec = str(device)
+    if spec != "auto":
+        return spec.startswith("cuda")
+    if "torch" not in sys.modules and not _torch_build_has_gpu():
+        return False
+    from . import runtime
+
+    return runtime.resolve_device(device).type == "cuda"
+
+
 def _device_usable(device) -> bool:
+    from . import runtime
+
     try:
         runtime.resolve_device(device)
     except ValueError:

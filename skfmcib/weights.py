@@ -638,6 +638,46 @@ def file_digest(path: PathLike) -> str:
     return digest
 
 
+class _FileDigest:
+    """The SHA-256 of a file as it was when its weights were read, computed when asked.
+
+    Hashing a 738 MB checkpoint takes about half a second; most uses of an encoder
+    never need the digest (it identifies the weights in feature caches, pickles and
+    provenance). The file's size, modification time and inode are noted at reading;
+    if they differ when the digest is first asked for, the file changed since, and
+    its digest would not describe the weights that were read: that is an error.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._state = self._stat(path)
+        self._value: str | None = None
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _stat(path: Path) -> tuple[int, int, int]:
+        st = path.stat()
+        return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+    def get(self) -> str:
+        with self._lock:
+            if self._value is None:
+                try:
+                    now = self._stat(self.path)
+                except OSError as exc:
+                    raise CheckpointError(
+                        f"{self.path} was removed after its weights were read, before its "
+                        f"digest was needed: {exc}"
+                    ) from exc
+                if now != self._state:
+                    raise CheckpointError(
+                        f"{self.path} changed after its weights were read, so its digest no "
+                        "longer describes them; load the weights again"
+                    )
+                self._value = file_digest(self.path)
+            return self._value
+
+
 # ---------------------------------------------------------------------- checkpoints
 
 
@@ -655,7 +695,8 @@ class Checkpoint:
     path : pathlib.Path
         The absolute path of the file.
     digest : str
-        SHA-256 of the file (:func:`file_digest`).
+        SHA-256 of the file (:func:`file_digest`), computed on first access; an error
+        (:class:`CheckpointError`) if the file changed after it was read.
     extra : dict
         Other top-level entries of the file (``extra`` of :func:`save_checkpoint`,
         Lightning bookkeeping, ...).
@@ -664,8 +705,12 @@ class Checkpoint:
     state_dict: dict[str, torch.Tensor] = field(repr=False)
     config: EncoderConfig | None
     path: Path
-    digest: str
+    _digest: _FileDigest = field(repr=False)
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def digest(self) -> str:
+        return self._digest.get()
 
 
 def _short(items: list[str], limit: int = 10) -> str:
@@ -856,6 +901,7 @@ def read_checkpoint(path: PathLike) -> Checkpoint:
     if not given.is_file():
         raise FileNotFoundError(errno.ENOENT, "No checkpoint file at", str(given))
     resolved = given.resolve()
+    digest = _FileDigest(resolved)  # the file as it is read
     if resolved.suffix == ".safetensors":
         state, others = _load_safetensors(resolved)
     else:
@@ -865,7 +911,7 @@ def read_checkpoint(path: PathLike) -> Checkpoint:
         state_dict=_normalise_keys(state, resolved),
         config=config,
         path=resolved,
-        digest=file_digest(resolved),
+        _digest=digest,
         extra=dict(others),
     )
 
@@ -873,11 +919,10 @@ def read_checkpoint(path: PathLike) -> Checkpoint:
 # --------------------------------------------------------------------- the encoder
 
 
-@dataclass(frozen=True)
 class WeightsInfo:
     """Where an encoder's weights came from.
 
-    Attributes
+    Parameters
     ----------
     source : str
         ``"fmcib"`` (or another registry name), the absolute path of the checkpoint, or
@@ -886,14 +931,57 @@ class WeightsInfo:
         SHA-256 of the checkpoint file, or ``"random:<random_state>"``.
     config : EncoderConfig
         The architecture of the encoder.
-    path : pathlib.Path or None
+    path : pathlib.Path or None, default=None
         The checkpoint file (None for random weights).
+
+    Attributes
+    ----------
+    source, digest, config, path
+        As above. For weights read by :func:`load_encoder`, ``digest`` is computed
+        the first time it is asked for (hashing a large file takes a while); it is an
+        error (:class:`CheckpointError`) if the file changed after it was read.
+        Pickling a ``WeightsInfo`` stores the digest.
     """
 
-    source: str
-    digest: str
-    config: EncoderConfig
-    path: Path | None = None
+    __slots__ = ("_digest", "config", "path", "source")
+
+    def __init__(
+        self,
+        source: str,
+        digest: str | _FileDigest,
+        config: EncoderConfig,
+        path: Path | None = None,
+    ) -> None:
+        self.source = source
+        self._digest = digest
+        self.config = config
+        self.path = path
+
+    @property
+    def digest(self) -> str:
+        digest = self._digest
+        return digest if isinstance(digest, str) else digest.get()
+
+    def _fields(self) -> tuple:
+        return (self.source, self.digest, self.config, self.path)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, WeightsInfo):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        digest = self._digest if isinstance(self._digest, str) else "<not computed yet>"
+        return (
+            f"WeightsInfo(source={self.source!r}, digest={digest!r}, config={self.config!r}, "
+            f"path={self.path!r})"
+        )
+
+    def __reduce__(self):
+        return (WeightsInfo, self._fields())
 
 
 def _guess_architecture(state: Mapping[str, torch.Tensor]) -> str | None:
@@ -1141,7 +1229,7 @@ def load_encoder(
     encoder = _encoder_from_state(arch, checkpoint.state_dict, checkpoint.path)
     info = WeightsInfo(
         source=source or str(checkpoint.path),
-        digest=checkpoint.digest,
+        digest=checkpoint._digest,
         config=arch,
         path=checkpoint.path,
     )

@@ -154,3 +154,35 @@ def test_fit_transform_reads_while_loading_and_equals_fit_then_transform(interle
     with pytest.warns(UserWarning, match="no such file"):
         out = FMCIBTransformer(**params, on_error="nan").fit_transform(nowhere)
     assert out.shape == (10, 128) and np.isnan(out).all()
+
+
+def test_prefetch_reads_ahead_while_the_consumer_is_busy():
+    started = []
+
+    def task(k):
+        def run():
+            started.append(k)
+            yield k
+
+        return run
+
+    tasks = [task(k) for k in range(8)]
+    for ahead, expected in ((4, 5), (1, 2)):
+        started.clear()
+        items = prefetch(tasks, 1, ahead=ahead)
+        assert next(items) == 0
+        time.sleep(0.3)  # the consumer is busy (encoding): the thread goes on reading
+        assert len(started) == expected  # 1 running + `ahead` queued, then it waits
+        assert list(items) == list(range(1, 8))
+
+
+def test_first_batch_is_half_a_batch_then_full_batches(interleaved):
+    model = FMCIBTransformer(weights=None, arch=TINY, random_state=0, device="cpu", batch_size=4)
+    sizes = []
+    encode = model._encode
+    model._encode = lambda encoder, batch: sizes.append(len(batch)) or encode(encoder, batch)
+    model.fit_transform(interleaved)
+    assert sizes == [2, 4, 4]
+    sizes.clear()
+    model.transform(interleaved)
+    assert sizes == [2, 4, 4]  # batches depend on the table only, not on timing

@@ -239,3 +239,60 @@ def test_sklearn_estimator_checks(estimator, check):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         check(estimator)
+
+
+# --- torch is imported when the weights load ---------------------------------------------
+
+
+def test_importing_skfmcib_does_not_import_torch_until_the_weights_load(tmp_path):
+    import subprocess
+    import sys
+
+    hu = np.full((30, 60, 60), 40, dtype=np.int16)
+    path = write_image(tmp_path / "ct.nii.gz", hu, spacing=(1.0, 1.0, 2.0))
+    code = f"""
+import sys
+import pandas as pd
+from skfmcib import FMCIBTransformer
+model = FMCIBTransformer(weights=None, arch={TINY!r}, random_state=0)
+assert "torch" not in sys.modules, "import skfmcib imported torch"
+table = pd.DataFrame({{"image_path": [{str(path)!r}], "coordX": [30.0], "coordY": [30.0],
+                      "coordZ": [30.0]}})
+model.get_params(); model.set_params(batch_size=2)
+assert "torch" not in sys.modules, "building the estimator imported torch"
+features = model.fit_transform(table)
+assert "torch" in sys.modules and features.shape == (1, 128)
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize(
+    ("cuda", "hip", "expected"),
+    [("None", "None", False), ("'12.4'", "None", True), ("None", "'6.2'", True)],
+)
+def test_torch_build_is_read_without_importing_torch(tmp_path, monkeypatch, cuda, hip, expected):
+    import importlib.machinery
+
+    from skfmcib import transformer
+
+    fake = tmp_path / "torch"
+    fake.mkdir()
+    (fake / "version.py").write_text(f"cuda = {cuda}\nhip = {hip}\n")
+    spec = importlib.machinery.ModuleSpec("torch", None, is_package=True)
+    spec.submodule_search_locations = [str(fake)]
+    monkeypatch.setattr(transformer.importlib.util, "find_spec", lambda name: spec)
+    assert transformer._torch_build_has_gpu() is expected
+    (fake / "version.py").write_text("raise ImportError('odd build')\n")
+    assert transformer._torch_build_has_gpu() is True  # unknown: torch itself is asked
+
+
+def test_device_strings_decide_cuda_without_torch_when_they_can():
+    from skfmcib.transformer import _will_use_cuda
+
+    assert _will_use_cuda("cpu") is False
+    assert _will_use_cuda("cuda:1") is True
+    assert _will_use_cuda(torch.device("cpu")) is False
+    assert _will_use_cuda("auto") is torch.cuda.is_available()

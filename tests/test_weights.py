@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import pickle
 import random
 import re
 import socket
@@ -574,6 +575,40 @@ def test_digest_is_sha256_memoised_and_follows_changes(tmp_path, monkeypatch):
     path.write_bytes(b"abcd")
     assert file_digest(path) == hashlib.sha256(b"abcd").hexdigest()
     assert len(calls) == 2
+
+
+def test_loading_does_not_hash_the_file_until_the_digest_is_asked_for(
+    small, tmp_path, monkeypatch
+):
+    path = save_checkpoint(small, tmp_path / "w.torch")
+    calls = []
+    real = weights._hash_file
+    monkeypatch.setattr(weights, "_hash_file", lambda p, a: calls.append(p) or real(p, a))
+    _, info = load_encoder(path)
+    assert calls == []
+    assert "not computed yet" in repr(info)
+    assert info.digest == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert info.digest == read_checkpoint(path).digest
+    assert len(calls) == 1  # memoised
+    # Pickling stores the digest; the copy compares equal and needs no file.
+    copy = pickle.loads(pickle.dumps(info))
+    assert copy == info and copy.digest == info.digest and hash(copy) == hash(info)
+
+
+def test_digest_of_a_file_changed_after_loading_is_refused(small, tmp_path):
+    path = save_checkpoint(small, tmp_path / "w.torch")
+    _, info = load_encoder(path)
+    ckpt = read_checkpoint(path)
+    other, _ = load_encoder(None, config=SMALL, random_state=1)
+    save_checkpoint(other, path)  # replaced: new inode and contents
+    with pytest.raises(CheckpointError, match="changed after its weights were read"):
+        _ = info.digest
+    with pytest.raises(CheckpointError, match="changed after its weights were read"):
+        _ = ckpt.digest
+    _, again = load_encoder(path)
+    path.unlink()
+    with pytest.raises(CheckpointError, match="removed after its weights were read"):
+        _ = again.digest
 
 
 # ------------------------------------------------------------------- random init
