@@ -249,8 +249,8 @@ class _Block:
 
 
 # Boxes of a sequential source are read together, as union boxes of at most this many
-# voxels (32 MiB of int16): one pass through the file per union instead of one per lesion.
-_UNION_VOXELS = 16 * 2**20
+# voxels (64 MiB of int16): one pass through the file per union instead of one per lesion.
+_UNION_VOXELS = 32 * 2**20
 
 
 def _union_groups(plans: list) -> list[tuple[np.ndarray, np.ndarray, list]]:
