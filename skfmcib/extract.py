@@ -543,6 +543,11 @@ def read_provenance(out: str | os.PathLike) -> dict:
 # ------------------------------------------------------------------------- extract
 
 
+def _batch_size_record(batch_size) -> int | str:
+    """A batch size as provenance records it: an int, or "auto" (sized to GPU memory)."""
+    return batch_size if batch_size == "auto" else int(batch_size)
+
+
 def _provenance(
     transformer: FMCIBTransformer, table_sha: str, n_rows: int, chunk_size: int
 ) -> dict:
@@ -558,7 +563,7 @@ def _provenance(
         "n_features": int(transformer.n_features_out_),
         "precision": str(params["precision"]),
         "device": str(getattr(transformer, "device_", params["device"])),
-        "batch_size": int(params["batch_size"]),
+        "batch_size": _batch_size_record(params["batch_size"]),
         "preprocessing": {
             "patch_size_voxels": PATCH_SIZE,
             "spacing_mm": 1.0,

@@ -356,6 +356,16 @@ def test_cli_exit_status_and_random_weights(study, bad_study, tmp_path, capsys):
     assert main(["extract", str(study / "seeds.csv"), "-o", str(ok), *random]) == 0
     prov = read_provenance(ok)
     assert prov["weights_digest"].startswith("random:") and prov["n_features"] == 128
+    assert prov["batch_size"] == 8
+    # Batches sized to GPU memory ("auto": 8 on the CPU) give the same features.
+    auto = tmp_path / "auto.csv"
+    args = ["extract", str(study / "seeds.csv"), "-o", str(auto), "--batch-size", "auto"]
+    assert main([*args, *random]) == 0
+    assert read_provenance(auto)["batch_size"] == "auto"
+    pd.testing.assert_frame_equal(pd.read_csv(auto), pd.read_csv(ok))
+    with pytest.raises(SystemExit):
+        main(["extract", str(study / "seeds.csv"), "-o", str(auto), "--batch-size", "0"])
+    assert "positive integer or 'auto'" in capsys.readouterr().err
     assert main(["extract", str(bad_study), "-o", str(tmp_path / "bad_out.csv"), *random]) == 1
     assert "2 rows failed" in capsys.readouterr().err
     assert (

@@ -32,7 +32,12 @@ def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--widen-factor", type=float, default=None, help="width multiplier")
     g.add_argument("--seed", type=int, default=0, help="seed of --weights random (default 0)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (auto)")
-    g.add_argument("--batch-size", type=int, default=8, help="patches per batch (8)")
+    g.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        default=8,
+        help="patches per batch, or 'auto': sized to the free GPU memory (8 on the CPU)",
+    )
     g.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     g.add_argument(
         "--coordinate-system",
@@ -41,6 +46,18 @@ def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
         help="convention of coordX/Y/Z (LPS: ITK, DICOM; RAS: 3D Slicer, nibabel)",
     )
     g.add_argument("--cache-dir", default=None, help="cache folder of the official weights")
+
+
+def _batch_size(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}")
+    return value
 
 
 def transformer_from_args(args: argparse.Namespace):
