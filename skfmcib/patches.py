@@ -379,21 +379,22 @@ class IntensityWarning(UserWarning):
 
 
 def _warn_if_not_ct(source) -> None:
-    """Warn when the first slice holds no air: MR, PET, or CT without its rescale.
+    """Warn when the first slice holds nothing below 0: MR, PET, or CT without its rescale.
 
-    CT in HU has air (about -1000) around the body in its first slice; the first slice
-    is the cheapest part of a file to read.
+    A CT in HU has air (about -1000) or at least fat (about -100) in its first slice,
+    even when cropped tightly to the body; MR, PET and raw CT values are not negative.
+    The first slice is the cheapest part of a file to read.
     """
     nx, ny, _ = source.geometry.size
     try:
         low = float(np.min(source.read_region(np.array([0, 0, 0]), np.array([nx, ny, 1]))))
     except ImageReadError:
         return  # the patches will say what is wrong
-    if low > -500.0:
+    if low >= 0.0:
         warnings.warn(
-            f"{source.path}: no voxel below -500 in its first slice (minimum {low:.0f}): "
-            "not a CT in HU? (MR, PET, or a CT stored without its rescale slope and "
-            "intercept); its features would be meaningless",
+            f"{source.path}: no voxel below 0 (air or fat in HU) in its first slice "
+            f"(minimum {low:.0f}): not a CT in HU? (MR, PET, or a CT stored without its "
+            "rescale slope and intercept); its features would be meaningless",
             IntensityWarning,
             stacklevel=2,
         )

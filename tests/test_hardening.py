@@ -162,10 +162,13 @@ def test_non_ct_intensities_warn(tmp_path, kind):
         load_patches(table_of(path))
 
 
-def test_ct_intensities_do_not_warn(good_ct):
+def test_ct_intensities_do_not_warn(good_ct, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_patches(table_of(good_ct))
+        # Cropped tightly to the body: no air anywhere, fat (-100 HU) at the edges.
+        cropped = np.maximum(ct_array(), -100).astype(np.int16)
+        load_patches(table_of(write_image(tmp_path / "cropped.nii.gz", cropped)))
 
 
 def test_non_ascii_paths(tmp_path):
