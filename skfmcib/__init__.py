@@ -9,8 +9,11 @@ The data flow, one module per step: :mod:`skfmcib.io` (CT images) ->
 
 from importlib import import_module
 
-from .patches import load_patches
-from .transformer import FMCIBTransformer
+from ._process import gc_paused
+
+with gc_paused():  # scikit-learn and SciPy create many long-lived objects
+    from .patches import load_patches
+    from .transformer import FMCIBTransformer
 
 __version__ = "0.1.0"
 
