@@ -129,22 +129,15 @@ class _FilePages:
         except (OSError, AttributeError):
             self._maps = []
 
-    def _file_span(self, tensor: torch.Tensor) -> tuple[int, int] | None:
-        """The tensor's byte range, if it lies in a private mapping of a file."""
-        if self._madvise is None or tensor.device.type != "cpu" or tensor.numel() == 0:
-            return None
+    def release(self, tensor: torch.Tensor) -> None:
+        if self._madvise is None or tensor.device.type != "cpu":
+            return
         start = tensor.data_ptr()
         end = start + tensor.numel() * tensor.element_size()
         if not any(lo <= start and end <= hi for lo, hi in self._maps):
-            return None
-        return start, end
-
-    def release(self, tensor: torch.Tensor) -> None:
-        span = self._file_span(tensor)
-        if span is None:
             return
         page = mmap.PAGESIZE
-        first, last = -(-span[0] // page) * page, span[1] // page * page
+        first, last = -(-start // page) * page, end // page * page
         if last > first:
             self._madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), _MADV_DONTNEED)
 
@@ -157,15 +150,20 @@ class _FilePages:
         that loads the weights while the first images are read. Older kernels: one
         read per page, in the same thread.
         """
-        span = self._file_span(tensor)
-        if span is None:
+        if self._madvise is None or tensor.device.type != "cpu" or tensor.numel() == 0:
             return
-        first = span[0] // mmap.PAGESIZE * mmap.PAGESIZE
-        size = ctypes.c_size_t(span[1] - first)
-        if self._madvise(ctypes.c_void_p(first), size, _MADV_POPULATE_READ) != 0:
-            if tensor.is_contiguous():
-                step = max(1, mmap.PAGESIZE // tensor.element_size())
-                tensor.detach().reshape(-1)[::step].sum()
+        start = tensor.data_ptr()
+        end = start + tensor.numel() * tensor.element_size()
+        if not any(lo <= start and end <= hi for lo, hi in self._maps):
+            return
+        page = mmap.PAGESIZE
+        first = start // page * page
+        done = self._madvise(
+            ctypes.c_void_p(first), ctypes.c_size_t(end - first), _MADV_POPULATE_READ
+        )
+        if done != 0 and tensor.is_contiguous():
+            step = max(1, page // tensor.element_size())
+            tensor.detach().reshape(-1)[::step].sum()
 
 
 _MADV_DONTNEED = 4
