@@ -102,9 +102,8 @@ def _memory_format(device: torch.device, precision: str) -> torch.memory_format:
 
 
 class _FilePages:
-    """Drops or maps in the memory-mapped checkpoint pages of tensors.
+    """Drops the memory-mapped checkpoint pages of tensors that were just copied.
 
-    ``release``: the pages of tensors that were just copied are dropped.
     Weights read with ``torch.load(mmap=True)`` are pages of the checkpoint file; a
     converted copy (another layout or type) would otherwise keep both in memory until
     every tensor of the file is gone. Only whole pages inside a tensor that lie in a
@@ -141,33 +140,8 @@ class _FilePages:
         if last > first:
             self._madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), _MADV_DONTNEED)
 
-    def populate(self, tensor: torch.Tensor) -> None:
-        """Map in now the pages of a tensor that stays memory-mapped.
-
-        Otherwise the first forward pass maps them in as it faults on them (up to one
-        fault per 4 KiB page: 180 000 for the FMCIB ResNet-50's 738 MB);
-        ``MADV_POPULATE_READ`` (Linux 5.14) maps them in one call, here in the thread
-        that loads the weights while the first images are read. Older kernels: one
-        read per page, in the same thread.
-        """
-        if self._madvise is None or tensor.device.type != "cpu" or tensor.numel() == 0:
-            return
-        start = tensor.data_ptr()
-        end = start + tensor.numel() * tensor.element_size()
-        if not any(lo <= start and end <= hi for lo, hi in self._maps):
-            return
-        page = mmap.PAGESIZE
-        first = start // page * page
-        done = self._madvise(
-            ctypes.c_void_p(first), ctypes.c_size_t(end - first), _MADV_POPULATE_READ
-        )
-        if done != 0 and tensor.is_contiguous():
-            step = max(1, page // tensor.element_size())
-            tensor.detach().reshape(-1)[::step].sum()
-
 
 _MADV_DONTNEED = 4
-_MADV_POPULATE_READ = 22
 
 
 def prepare_encoder(encoder: nn.Module, device: torch.device, precision: str) -> nn.Module:
@@ -179,8 +153,7 @@ def prepare_encoder(encoder: nn.Module, device: torch.device, precision: str) ->
     the weight memory and no per-batch cast; normalisation layers stay float32, as
     autocast keeps them.
     Weights memory-mapped from a checkpoint are not kept twice (see
-    :func:`skfmcib.weights.load_encoder`); those that stay memory-mapped (fp32 on the
-    CPU) are mapped in here rather than page by page during the first batch.
+    :func:`skfmcib.weights.load_encoder`).
 
     Parameters
     ----------
@@ -208,8 +181,6 @@ def prepare_encoder(encoder: nn.Module, device: torch.device, precision: str) ->
                 module.weight = nn.Parameter(new, requires_grad=old.requires_grad)
                 if new.data_ptr() != old.data_ptr():
                     pages.release(old)
-                else:
-                    pages.populate(new)
                 del old, new
                 if module.bias is not None:
                     bias = module.bias.to(device=device, dtype=dtype or module.bias.dtype)

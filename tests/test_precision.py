@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import warnings
 
 import numpy as np
@@ -130,60 +129,3 @@ def test_stored_bf16_weights_give_exactly_the_features_of_plain_autocast(ct_patc
     assert prepared.conv1.weight.dtype == torch.bfloat16
     assert prepared.bn1.weight.dtype == torch.float32
     np.testing.assert_array_equal(encode(prepared, ct_patches[:3], CPU, "bf16"), plain)
-
-
-# --- memory-mapped weights ---------------------------------------------------------------
-
-
-def _resident_bytes(tensor: torch.Tensor) -> int:
-    """Bytes of the memory mapping holding ``tensor`` that are mapped in (its Rss)."""
-    address = tensor.data_ptr()
-    inside = False
-    with open("/proc/self/smaps") as f:
-        for line in f:
-            head = line.split()[0]
-            if "-" in head and ":" not in head:
-                lo, hi = (int(v, 16) for v in head.split("-"))
-                inside = lo <= address < hi
-            elif inside and head == "Rss:":
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no mapping holds the tensor")
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux page mapping")
-@pytest.mark.parametrize("populate_call", ["madvise", "page reads (kernels before 5.14)"])
-def test_memory_mapped_weights_are_mapped_in_when_the_encoder_is_prepared(tmp_path, populate_call):
-    from skfmcib import runtime
-    from skfmcib.weights import read_checkpoint, save_checkpoint
-
-    net = build_encoder({"arch": "resnet10", "widen_factor": 1.0})
-    path = save_checkpoint(net, tmp_path / "w.torch")
-    weight = read_checkpoint(path).state_dict["layer4.0.conv2.weight"]  # 27 MiB
-    size = weight.numel() * weight.element_size()
-    assert _resident_bytes(weight) < size // 4  # loading reads headers, not the tensors
-    pages = runtime._FilePages()  # after the mapping exists
-    if populate_call != "madvise":
-        real = pages._madvise
-
-        def no_populate(addr, size, advice):
-            return -1 if advice == runtime._MADV_POPULATE_READ else real(addr, size, advice)
-
-        pages._madvise = no_populate
-    pages.populate(weight)
-    assert _resident_bytes(weight) >= size
-
-
-def test_prepared_fp32_encoder_keeps_the_checkpoint_pages_and_maps_them_in(tmp_path):
-    from skfmcib.weights import load_encoder, save_checkpoint
-
-    path = save_checkpoint(
-        build_encoder({"arch": "resnet10", "widen_factor": 1.0}), tmp_path / "w"
-    )
-    encoder, _ = load_encoder(path)
-    weight = encoder.layer4[0].conv2.weight
-    size = weight.numel() * weight.element_size()
-    before = weight.data_ptr()
-    prepared = prepare_encoder(encoder, torch.device("cpu"), "fp32")
-    assert prepared.layer4[0].conv2.weight.data_ptr() == before  # not copied
-    if sys.platform.startswith("linux"):
-        assert _resident_bytes(prepared.layer4[0].conv2.weight) >= size
