@@ -20,7 +20,11 @@ class _Failure:
 
 
 def prefetch(
-    tasks: Iterable[Callable[[], Iterable[T]]], n_threads: int, buffer: int = 8, ahead: int = 4
+    tasks: Iterable[Callable[[], Iterable[T]]],
+    n_threads: int,
+    buffer: int = 8,
+    ahead: int = 4,
+    running: Callable[[], int] | None = None,
 ) -> Iterator[T]:
     """Yield the items of each task's iterable, in task order, computed ahead in threads.
 
@@ -37,6 +41,10 @@ def prefetch(
         Tasks queued beyond those running: the threads go on to the next images while
         the consumer is busy (encoding) instead of waiting for it. At most
         ``(n_threads + ahead) * buffer`` items are held.
+    running : callable, optional
+        Returns how many tasks may run at once now (1 to ``n_threads``); asked before
+        each task starts. Default: ``n_threads``. Lets the caller read with every core
+        while nothing else runs, and with fewer once its own work starts.
 
     Yields
     ------
@@ -48,6 +56,9 @@ def prefetch(
             yield from task()
         return
     stop = threading.Event()
+    gate = threading.Condition()
+    active = [0]
+    next_start = [0]  # tasks start in submission order
     pending: deque[queue.Queue] = deque()
     todo = iter(tasks)
 
@@ -60,25 +71,41 @@ def prefetch(
                 continue
         return False
 
-    def run(task: Callable[[], Iterable[T]], q: queue.Queue) -> None:
-        if stop.is_set():
-            return
+    def allowed() -> int:
+        return n_threads if running is None else max(1, min(n_threads, running()))
+
+    def run(task: Callable[[], Iterable[T]], q: queue.Queue, ticket: int) -> None:
+        # In submission order, so that the task the consumer waits for always runs.
+        with gate:
+            while (next_start[0] != ticket or active[0] >= allowed()) and not stop.is_set():
+                gate.wait(0.02)
+            next_start[0] += 1
+            active[0] += 1
+            gate.notify_all()
         try:
+            if stop.is_set():
+                return
             for item in task():
                 if not put(q, item):
                     return
         except BaseException as exc:  # handed to the consumer
             put(q, _Failure(exc))
             return
+        finally:
+            with gate:
+                active[0] -= 1
+                gate.notify_all()
         put(q, _END)
 
     executor = ThreadPoolExecutor(max(1, n_threads), thread_name_prefix="skfmcib-read")
+
+    tickets = iter(range(1 << 62))
 
     def submit() -> None:
         task = next(todo, None)
         if task is not None:
             q: queue.Queue = queue.Queue(maxsize=max(1, buffer))
-            executor.submit(run, task, q)
+            executor.submit(run, task, q, next(tickets))
             pending.append(q)
 
     try:

@@ -486,10 +486,17 @@ def iter_patches(
     >>> [(pos, type(p).__name__) for pos, p in iter_patches(table, n_jobs=2)]
     [(0, 'ndarray'), (2, 'ndarray'), (1, 'RowError')]
     """
+    return _iter_patches(table, coordinate_system, resolve_n_jobs(n_jobs))
+
+
+def _iter_patches(
+    table: pd.DataFrame, coordinate_system: str, n_threads: int, running=None
+) -> Iterator[tuple[int, np.ndarray | RowError]]:
+    """:func:`iter_patches` with ``n_threads`` threads, ``running`` of them at a time."""
     seeds = validate_table(table, coordinate_system)
     errors, jobs = _image_jobs(seeds)
     yield from errors
-    yield from prefetch(jobs, resolve_n_jobs(n_jobs))
+    yield from prefetch(jobs, n_threads, running=running)
 
 
 def _seed_problem(geometry: Geometry, seed: np.ndarray) -> str:

@@ -19,7 +19,13 @@ from sklearn.utils.validation import check_is_fitted, check_memory
 from ._cache import FeatureCache
 from ._process import gc_paused
 from ._progress import Progress
-from .patches import RowWarning, check_input_form, check_patch_array, iter_patches, resolve_n_jobs
+from .patches import (
+    RowWarning,
+    _iter_patches,
+    check_input_form,
+    check_patch_array,
+    resolve_n_jobs,
+)
 from .table import RowError, validate_table
 
 __all__ = ["FMCIBTransformer"]
@@ -88,8 +94,10 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
     n_jobs : int or None, default=None
         Threads that read images and extract patches while the encoder runs (rows
         are grouped by image, each image opened once). None: one thread per two CPU
-        cores (at most 4) on the CPU, one per core with CUDA; ``-1``: one per core;
-        0: read in the calling thread between batches. Features do not depend on it.
+        cores (at most 4) on the CPU, one per core with CUDA; in ``fit_transform`` on
+        the CPU, one per core (at most 4) until the weights are loaded, since the
+        encoder cannot run before. ``-1``: one per core; 0: read in the calling thread
+        between batches. Features do not depend on it.
     progress : bool or "auto", default="auto"
         Show a progress line on stderr; "auto" shows it for long inputs on a terminal.
     cache_dir : str or path-like, default=None
@@ -367,9 +375,17 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
         return Progress(total, enabled=self.progress, unit="lesions")
 
     def _transform_table(
-        self, X: pd.DataFrame, loading: _Loader | None = None, n_threads: int | None = None
+        self,
+        X: pd.DataFrame,
+        loading: _Loader | None = None,
+        n_threads: int | None = None,
+        running=None,
     ) -> np.ndarray:
-        """Features of a lesion table; ``loading``: weights still being loaded (no cache)."""
+        """Features of a lesion table; ``loading``: weights still being loaded (no cache).
+
+        ``n_threads`` reading threads (default: :meth:`_n_threads`), of which
+        ``running()`` may read at a time (default: all).
+        """
         seeds = validate_table(X, self.coordinate_system)
         out = None if loading is not None else self._empty_output(len(X))
         cache = None if loading is not None else self._feature_cache()
@@ -384,10 +400,11 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
             # while this thread encodes; rows come grouped by image.
             if len(todo) == 0:
                 return out
-            results = iter_patches(
+            results = _iter_patches(
                 X.iloc[todo],
                 self.coordinate_system,
                 n_threads if n_threads is not None else self._n_threads(),
+                running,
             )
             batch, where = [], []
             # The first batch is half the size: the encoder starts on the first
@@ -451,10 +468,21 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
         validate_table(X, self.coordinate_system)
         # The device decides the number of reading threads; torch is imported, and the
         # device resolved, by fit in the loading thread, unless that is needed here.
-        n_threads = self._n_threads(on_cuda=_will_use_cuda(self.device))
+        on_cuda = _will_use_cuda(self.device)
+        steady = self._n_threads(on_cuda=on_cuda)
+        n_threads, running = steady, None
+        if self.n_jobs is None and not on_cuda:
+            # Until the weights are loaded the encoder cannot run: one reading thread
+            # per core (at most 4) meanwhile, then the default share.
+            n_threads = max(steady, min(4, os.cpu_count() or 1))
         loading = _Loader(lambda: self.fit(X, y, **fit_params))
+        if n_threads > steady:
+
+            def running() -> int:
+                return steady if loading.done() else n_threads
+
         try:
-            out = self._transform_table(X, loading, n_threads)
+            out = self._transform_table(X, loading, n_threads, running)
         except BaseException:
             loading.wait(reraise=False)
             raise
@@ -523,6 +551,9 @@ class _Loader:
 
         self._thread = threading.Thread(target=run, name="skfmcib-weights", daemon=True)
         self._thread.start()
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
 
     def wait(self, reraise: bool = True) -> None:
         self._thread.join()

@@ -186,3 +186,60 @@ def test_first_batch_is_half_a_batch_then_full_batches(interleaved):
     sizes.clear()
     model.transform(interleaved)
     assert sizes == [2, 4, 4]  # batches depend on the table only, not on timing
+
+
+def test_prefetch_runs_as_many_tasks_at_once_as_running_allows():
+    lock = threading.Lock()
+    now, most = [0], [0]
+
+    def task(k):
+        def run():
+            with lock:
+                now[0] += 1
+                most[0] = max(most[0], now[0])
+            time.sleep(0.05)
+            with lock:
+                now[0] -= 1
+            yield k
+
+        return run
+
+    tasks = [task(k) for k in range(8)]
+    for allowed, expected in ((1, 1), (3, 3)):
+        most[0] = 0
+        out = list(prefetch(tasks, 3, buffer=1, running=lambda allowed=allowed: allowed))
+        assert out == list(range(8)) and most[0] == expected
+    # Lowered while tasks run: the limit applies to the tasks that start afterwards.
+    limit = [3]
+    most[0] = 0
+    items = prefetch(tasks, 3, buffer=1, running=lambda: limit[0])
+    assert next(items) == 0
+    limit[0] = 1
+    time.sleep(0.2)  # tasks already started finish; the next ones start one at a time
+    most[0] = 0
+    assert list(items) == list(range(1, 8)) and most[0] == 1
+
+
+def test_fit_transform_reads_with_every_core_until_the_weights_are_loaded(
+    interleaved, monkeypatch
+):
+    import os
+
+    from skfmcib import transformer
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)  # default: 2 threads, 4 while loading
+    seen = {}
+    real = transformer._iter_patches
+
+    def spy(table, coordinate_system, n_threads, running=None):
+        seen.update(n_threads=n_threads, running=running)
+        return real(table, coordinate_system, n_threads, running)
+
+    monkeypatch.setattr(transformer, "_iter_patches", spy)
+    params = dict(weights=None, arch=TINY, random_state=0, device="cpu")
+    FMCIBTransformer(**params).fit_transform(interleaved)
+    assert seen["n_threads"] == 4 and seen["running"]() == 2  # the weights are loaded now
+    FMCIBTransformer(**params, n_jobs=3).fit_transform(interleaved)
+    assert seen["n_threads"] == 3 and seen["running"] is None  # as asked
+    FMCIBTransformer(**params).fit().transform(interleaved)
+    assert seen["n_threads"] == 2 and seen["running"] is None
