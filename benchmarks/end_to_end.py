@@ -114,7 +114,7 @@ def _python_below_312() -> str:
 def _warm(paths) -> None:
     """Read every scan (and the checkpoint) so that each run starts from the page cache.
 
-    Done before every run: the reference's processes take about 15 GB, which pushes the
+    Done before every run: the reference's processes take about 15 GB, which can push the
     scans and the weights out of the page cache of a 24 GB machine.
     """
     for p in paths:
