@@ -34,6 +34,20 @@ def shared_data() -> Path:
     return d
 
 
+def rotation(axis_angles) -> np.ndarray:
+    """Direction matrix of rotations about the x (0), y (1) and z (2) axes, in degrees,
+    applied in the order given: ``[(axis, degrees), ...]``."""
+    r = np.eye(3)
+    for axis, deg in axis_angles:
+        a = np.deg2rad(deg)
+        c, s = np.cos(a), np.sin(a)
+        i, j = [k for k in range(3) if k != axis]
+        m = np.eye(3)
+        m[i, i], m[i, j], m[j, i], m[j, j] = c, -s, s, c
+        r = m @ r
+    return r
+
+
 def write_image(
     path: Path,
     array: np.ndarray,

@@ -11,26 +11,13 @@ import pandas as pd
 import pydicom
 import pytest
 import SimpleITK as sitk
-from conftest import write_dicom_series, write_image
+from conftest import rotation, write_dicom_series, write_image
 
 from skfmcib import load_patches
 from skfmcib.io import Volume, image_identity, open_image, read_geometry, read_image
 from skfmcib.patches import extract_patch
 
-
-def _rotation(degrees_xyz) -> np.ndarray:
-    r = np.eye(3)
-    for axis, deg in enumerate(degrees_xyz):
-        a = np.deg2rad(deg)
-        c, s = np.cos(a), np.sin(a)
-        i, j = [k for k in range(3) if k != axis]
-        m = np.eye(3)
-        m[i, i], m[i, j], m[j, i], m[j, j] = c, -s, s, c
-        r = m @ r
-    return r
-
-
-OBLIQUE = _rotation((12.0, -7.0, 25.0))
+OBLIQUE = rotation(enumerate((12.0, -7.0, 25.0)))
 
 
 def _noise(shape, seed=0) -> np.ndarray:

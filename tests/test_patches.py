@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
-from conftest import write_dicom_series, write_image
+from conftest import rotation, write_dicom_series, write_image
 
 import skfmcib.patches as patches_mod
 from skfmcib import load_patches
@@ -121,26 +121,14 @@ def _ramp(shape=(70, 64, 60)):
     return (-1000 + 3 * x + 5 * y + 7 * z).astype(np.int16)
 
 
-def _rotation(axis_angles):
-    r = np.eye(3)
-    for axis, deg in axis_angles:
-        a = np.deg2rad(deg)
-        c, s = np.cos(a), np.sin(a)
-        i, j = [k for k in range(3) if k != axis]
-        m = np.eye(3)
-        m[i, i], m[i, j], m[j, i], m[j, j] = c, -s, s, c
-        r = m @ r
-    return r
-
-
 @pytest.mark.parametrize(
     "direction",
     [
         np.eye(3),
         np.diag([-1.0, 1.0, -1.0]),  # flipped axes
         np.array([[0.0, 1, 0], [1, 0, 0], [0, 0, -1]]),  # permuted and flipped
-        _rotation([(0, 20)]),  # gantry tilt
-        _rotation([(0, 15), (2, 30), (1, -10)]),  # fully oblique
+        rotation([(0, 20)]),  # gantry tilt
+        rotation([(0, 15), (2, 30), (1, -10)]),  # fully oblique
     ],
     ids=["identity", "flipped", "permuted", "tilted", "oblique"],
 )
