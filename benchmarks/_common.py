@@ -250,6 +250,18 @@ def run_measured(cmd: list[str], env: dict | None = None, cwd: Path | None = Non
     }
 
 
+def run_child(code: str, *args) -> dict:
+    """Run ``python -c code args...`` from the repository root; its ``@@RESULT`` JSON."""
+    out = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+    ).stdout
+    return child_json(out)
+
+
 def child_json(stdout: str) -> dict:
     """The JSON line a benchmark child prints last (prefixed ``@@RESULT``)."""
     for line in reversed(stdout.splitlines()):

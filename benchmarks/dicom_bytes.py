@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
-from _common import DEFAULT_WORKDIR, REPO, machine
+from _common import DEFAULT_WORKDIR, machine, run_child
 
 CHILD = r"""
 import json, sys, time
@@ -105,15 +103,7 @@ def main() -> None:
     one = sizes[len(sizes) // 2]
     results = {}
     for mode in ("skfmcib", "simpleitk", "sitk-one-file", "pydicom-one-file"):
-        out = subprocess.run(
-            [sys.executable, "-c", CHILD, mode, str(d)],
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-            check=True,
-        ).stdout
-        line = next(ln for ln in out.splitlines() if ln.startswith("@@RESULT "))
-        results[mode] = json.loads(line[9:])
+        results[mode] = run_child(CHILD, mode, d)
     print(f"\nseries: {len(sizes)} files, {total / 2**20:.1f} MiB\n")
     print("| reader | MiB read | of the series | seconds |")
     print("| --- | ---: | ---: | ---: |")

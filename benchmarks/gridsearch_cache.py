@@ -13,11 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-from _common import DEFAULT_WORKDIR, REPO, build_scans, lesion_table, machine, make_checkpoint
+from _common import (
+    DEFAULT_WORKDIR,
+    build_scans,
+    lesion_table,
+    machine,
+    make_checkpoint,
+    run_child,
+)
 
 CHILD = r"""
 import json, sys, tempfile, time
@@ -56,18 +61,6 @@ print("@@RESULT " + json.dumps({"seconds": time.perf_counter() - t, "patches": p
 """
 
 
-def _child(*args) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-c", CHILD, *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        check=True,
-    ).stdout
-    line = next(ln for ln in out.splitlines() if ln.startswith("@@RESULT "))
-    return json.loads(line[9:])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
@@ -80,9 +73,9 @@ def main() -> None:
     csv = args.workdir / "gridsearch.csv"
     table.to_csv(csv, index=False)
     ckpt = make_checkpoint(args.workdir)
-    one = _child("transform", csv, ckpt, args.precision)
-    with_weights = _child("fit_transform", csv, ckpt, args.precision)
-    grid = _child("grid", csv, ckpt, args.precision)
+    one = run_child(CHILD, "transform", csv, ckpt, args.precision)
+    with_weights = run_child(CHILD, "fit_transform", csv, ckpt, args.precision)
+    grid = run_child(CHILD, "grid", csv, ckpt, args.precision)
     ratio = grid["seconds"] / one["seconds"]
     ratio_fit = grid["seconds"] / with_weights["seconds"]
     print(f"{len(table)} lesions on 4 {kind} scans, {args.precision}")
