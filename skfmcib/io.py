@@ -915,7 +915,8 @@ def _open_dicom_directory(path: Path, series_uid: str | None) -> ImageSource:
 _HEADER_SUFFIXES = (".mhd", ".hdr", ".nhdr")
 
 
-def _stat_key(path: str) -> tuple:
+def _stat_key(path: str | os.PathLike) -> tuple:
+    """A file's size, modification and status-change times and inode: changes with it."""
     st = os.stat(path)
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 

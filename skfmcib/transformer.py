@@ -19,6 +19,7 @@ from sklearn.utils.validation import check_is_fitted, check_memory
 from ._cache import FeatureCache
 from ._process import gc_paused
 from ._progress import Progress
+from .io import _stat_key
 from .patches import (
     RowWarning,
     _iter_patches,
@@ -578,10 +579,9 @@ class _WeightsMemo:
         if info.path is None:
             return ()
         try:
-            st = os.stat(info.path)
+            return _stat_key(info.path)
         except OSError:
             return None
-        return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
     def put(self, key: tuple, info, n_features: int) -> None:
         state = self._state(info)
