@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 from collections import deque
@@ -99,7 +100,7 @@ def prefetch(
 
     executor = ThreadPoolExecutor(max(1, n_threads), thread_name_prefix="skfmcib-read")
 
-    tickets = iter(range(1 << 62))
+    tickets = itertools.count()
 
     def submit() -> None:
         task = next(todo, None)
