@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,21 @@ def shared_data() -> Path:
             "real-CT data not found: set SKFMCIB_SHARED_DATA or place it at ../shared/data"
         )
     return d
+
+
+def run_example(script: str, tmp_path: Path, *python_args: str) -> str:
+    """Run ``examples/<script>`` in its quick mode in a fresh interpreter; its stdout."""
+    env = {**os.environ, "SKFMCIB_QUICK": "1", "TMPDIR": str(tmp_path), "MPLBACKEND": "Agg"}
+    proc = subprocess.run(
+        [sys.executable, *python_args, str(REPO / "examples" / script)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
 
 
 def rotation(axis_angles) -> np.ndarray:

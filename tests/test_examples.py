@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+from conftest import run_example
 
 
 @pytest.mark.slow
@@ -24,16 +18,6 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
     ],
 )
 def test_example_runs_in_quick_mode(script, expected, figure, tmp_path):
-    env = {**os.environ, "SKFMCIB_QUICK": "1", "TMPDIR": str(tmp_path), "MPLBACKEND": "Agg"}
-    proc = subprocess.run(
-        [sys.executable, "-W", "error", str(EXAMPLES / script)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert expected in proc.stdout
+    assert expected in run_example(script, tmp_path, "-W", "error")
     if figure is not None:
         assert (tmp_path / figure).stat().st_size > 10_000
