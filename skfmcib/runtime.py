@@ -21,6 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._precision import PRECISIONS as _NAMES
+from ._precision import check_precision_name
+
 __all__ = [
     "PRECISIONS",
     "auto_batch_size",
@@ -31,7 +34,8 @@ __all__ = [
     "resolve_device",
 ]
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = {name: _DTYPES.get(name) for name in _NAMES}  # name -> autocast dtype
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -77,9 +81,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 def check_precision(precision: str) -> torch.dtype | None:
     """Return the autocast dtype of a precision name (None for fp32)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
-    return PRECISIONS[precision]
+    return PRECISIONS[check_precision_name(precision)]
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

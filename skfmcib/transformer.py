@@ -17,6 +17,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, check_memory
 
 from ._cache import FeatureCache
+from ._precision import check_precision_name
 from ._process import gc_paused
 from ._progress import Progress
 from .io import _stat_key
@@ -34,7 +35,6 @@ __all__ = ["FMCIBTransformer"]
 
 # torch (about a second to import) is imported when the weights load, not with this
 # module: fit_transform reads the first images while it imports, in another thread.
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def _encoder_config(arch):
@@ -179,10 +179,7 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
             )
         resolve_n_jobs(self.n_jobs)
         _check_memory(self.memory)
-        if self.precision not in PRECISIONS:
-            raise ValueError(
-                f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}"
-            )
+        check_precision_name(self.precision)
         if self.coordinate_system not in ("LPS", "RAS"):
             raise ValueError(
                 f"coordinate_system must be 'LPS' or 'RAS', got {self.coordinate_system!r}"

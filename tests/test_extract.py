@@ -366,6 +366,10 @@ def test_cli_exit_status_and_random_weights(study, bad_study, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["extract", str(study / "seeds.csv"), "-o", str(auto), "--batch-size", "0"])
     assert "positive integer or 'auto'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["extract", str(study / "seeds.csv"), "-o", str(auto), "--precision", "fp64"])
+    err = capsys.readouterr().err
+    assert "--precision: invalid choice: 'fp64'" in err and "'bf16'" in err
     assert main(["extract", str(bad_study), "-o", str(tmp_path / "bad_out.csv"), *random]) == 1
     assert "2 rows failed" in capsys.readouterr().err
     assert (

@@ -97,6 +97,21 @@ def test_fp32_is_exact_in_either_layout(ct_patches):
     torch.testing.assert_close(contiguous, channels_last, rtol=1e-5, atol=1e-6)
 
 
+def test_precision_names_are_checked_alike_with_and_without_torch():
+    import skfmcib.runtime as runtime
+    from skfmcib import FMCIBTransformer
+    from skfmcib._precision import PRECISIONS
+
+    assert tuple(runtime.PRECISIONS) == PRECISIONS
+    assert runtime.check_precision("fp32") is None
+    assert runtime.check_precision("bf16") is torch.bfloat16
+    message = r"precision must be one of \['bf16', 'fp16', 'fp32'\], got 'fp64'"
+    with pytest.raises(ValueError, match=message):
+        runtime.check_precision("fp64")
+    with pytest.raises(ValueError, match=message):
+        FMCIBTransformer(precision="fp64").fit()
+
+
 def test_auto_batch_size_on_cpu_is_eight():
     net = prepare_encoder(build_encoder({"arch": "resnet10", "widen_factor": 0.25}), CPU, "fp32")
     assert auto_batch_size(net, CPU) == 8

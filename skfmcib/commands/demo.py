@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .._precision import PRECISIONS
+
 #: Smallest cohort the demo accepts: fewer lesions leave folds without some classes.
 MIN_LESIONS = 30
 #: The tiny encoder of ``--quick`` (128 features, randomly initialised).
@@ -70,7 +72,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (auto)")
     g.add_argument(
         "--precision",
-        choices=("fp32", "bf16", "fp16"),
+        choices=PRECISIONS,
         default="fp32",
         help="arithmetic of the encoder (fp32); bf16 is faster on CPUs and GPUs with "
         "bfloat16 units, within cosine 0.999 of fp32",

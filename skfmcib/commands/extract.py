@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .._precision import PRECISIONS
 from ..extract import DEFAULT_CHUNK_SIZE, ON_ERROR, ExtractError, extract
 from ..io import ImageReadError
 from ..table import RowError
@@ -38,7 +39,7 @@ def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
         default=8,
         help="patches per batch, or 'auto': sized to the free GPU memory (8 on the CPU)",
     )
-    g.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    g.add_argument("--precision", choices=PRECISIONS, default="fp32")
     g.add_argument(
         "--coordinate-system",
         choices=("LPS", "RAS"),

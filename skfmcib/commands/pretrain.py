@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .._precision import PRECISIONS
 from ..io import ImageReadError
 from ..table import RowError
 from ..weights import CheckpointError
@@ -57,7 +58,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     g.add_argument("--seed", type=int, default=None, help="random seed (drawn when omitted)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (auto)")
-    g.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    g.add_argument("--precision", choices=PRECISIONS, default="fp32")
     g.add_argument("--num-workers", type=int, default=0, help="data-loading processes (0)")
     g.add_argument(
         "--volume-cache",
