@@ -20,6 +20,7 @@ from typing import Protocol
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 from sklearn.utils.validation import check_array
 
 from ._pipeline import prefetch
@@ -171,59 +172,44 @@ class _Voxels(Protocol):
 
 @dataclass(frozen=True)
 class _SamplePlan:
-    """Where a patch's samples fall in the image: neighbours, weights, voxels to read."""
+    """Where a patch's samples fall in the image, and the voxels to read for them."""
 
-    floor: np.ndarray  # (50, 50, 50, 3) int64: lower neighbour index (x, y, z)
-    frac: np.ndarray  # (50, 50, 50, 3) float64: trilinear weights of the upper neighbours
+    index: np.ndarray  # (3, 50, 50, 50): continuous (x, y, z) index of every sample
     lo: np.ndarray  # (3,) first voxel to read (x, y, z)
     hi: np.ndarray  # (3,) one past the last voxel to read
+
+
+_K = np.arange(PATCH_SIZE, dtype=np.float64)
 
 
 def _sample_plan(geom: Geometry, start: np.ndarray) -> _SamplePlan:
     """The samples of the 1 mm LPS grid from ``start`` in ``geom``'s voxel indices."""
     inv = np.linalg.inv(geom.index_to_physical)  # LPS offset -> (x, y, z) index
-    k = np.arange(PATCH_SIZE, dtype=np.float64)
     base = inv @ (start - geom.origin)
-    # Continuous index of every sample: base + kx * inv[:, 0] + ky * inv[:, 1] + kz * inv[:, 2],
-    # laid out (kz, ky, kx) to give SimpleITK array order.
-    idx = (
-        base[None, None, None, :]
-        + k[None, None, :, None] * inv[:, 0]
-        + k[None, :, None, None] * inv[:, 1]
-        + k[:, None, None, None] * inv[:, 2]
-    )
-    floor = np.floor(idx)
-    frac = idx - floor
-    floor = floor.astype(np.int64)
+    # Continuous index of every sample, base + kx * inv[:, 0] + ky * inv[:, 1] +
+    # kz * inv[:, 2], laid out (kz, ky, kx) to give SimpleITK array order. Whole-array
+    # operations, few of them: each gives up the GIL, and winning it back costs up to
+    # 5 ms while another thread runs Python (the torch import, meanwhile).
+    yx = (base[:, None] + inv[:, 0, None] * _K)[:, None, :] + (inv[:, 1, None] * _K)[:, :, None]
+    index = yx[:, None, :, :] + (inv[:, 2, None] * _K)[:, :, None, None]
     size = np.asarray(geom.size)
+    flat = index.reshape(3, -1)
     # Only the block of voxels the samples touch is read; one voxel of fill around it
     # makes every out-of-image neighbour read the fill value.
-    lo = np.clip(floor.reshape(-1, 3).min(0), 0, size - 1)
-    hi = np.clip(floor.reshape(-1, 3).max(0) + 2, 1, size)
-    return _SamplePlan(floor, frac, lo, hi)
+    lo = np.clip(np.floor(flat.min(1)).astype(np.int64), 0, size - 1)
+    hi = np.clip(np.floor(flat.max(1)).astype(np.int64) + 2, 1, size)
+    return _SamplePlan(index, lo, hi)
 
 
 def _interpolate(hu: np.ndarray, plan: _SamplePlan) -> np.ndarray:
     """Trilinear samples of the normalised voxels ``hu`` (the plan's block), 0.0 outside."""
-    lo, hi, floor, frac = plan.lo, plan.hi, plan.floor, plan.frac
+    lo, hi = plan.lo, plan.hi
     block = np.zeros(tuple((hi - lo + 2)[::-1]), dtype=np.float64)
     block[1:-1, 1:-1, 1:-1] = normalize_hu(hu)
-    # Neighbour indices in the block; everything beyond the image lands on the fill.
-    local = floor - lo + 1  # (..., 3) in x, y, z
-    shape = block.shape  # (z, y, x)
-    flat = block.ravel()
-    out = np.zeros(floor.shape[:3], dtype=np.float64)
-    for dx in (0, 1):
-        wx = frac[..., 0] if dx else 1.0 - frac[..., 0]
-        ix = np.clip(local[..., 0] + dx, 0, shape[2] - 1)
-        for dy in (0, 1):
-            wy = frac[..., 1] if dy else 1.0 - frac[..., 1]
-            iy = np.clip(local[..., 1] + dy, 0, shape[1] - 1)
-            for dz in (0, 1):
-                wz = frac[..., 2] if dz else 1.0 - frac[..., 2]
-                iz = np.clip(local[..., 2] + dz, 0, shape[0] - 1)
-                out += wx * wy * wz * flat[(iz * shape[1] + iy) * shape[2] + ix]
-    return out
+    # Indices into the block, (z, y, x) first; beyond it everything is the fill, as
+    # is its outer layer, which "nearest" repeats.
+    coords = plan.index[::-1] - (lo[::-1] - 1)[:, None, None, None]
+    return ndimage.map_coordinates(block, coords, order=1, mode="nearest")
 
 
 def _sample_normalized(volume: _Voxels, start: np.ndarray) -> np.ndarray:

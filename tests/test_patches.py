@@ -10,7 +10,7 @@ from conftest import rotation, write_dicom_series, write_image
 
 import skfmcib.patches as patches_mod
 from skfmcib import load_patches
-from skfmcib.io import ImageReadError, read_image
+from skfmcib.io import Geometry, ImageReadError, Volume, read_image
 from skfmcib.patches import (
     PATCH_SIZE,
     RowWarning,
@@ -159,6 +159,52 @@ def test_samples_sit_on_a_1mm_lps_grid_around_the_seed(tmp_path, direction):
         # The seed is in the patch's central voxel (to within the reference's truncation).
         offset = seed - points[25, 25, 25]
         assert np.all(np.abs(offset) < 1.0 + 1e-9), offset
+
+
+def _trilinear_oracle(geometry, hu, start):
+    """The reference's sampling written out plainly: per-corner weights, 0.0 outside."""
+    inv = np.linalg.inv(geometry.index_to_physical)
+    k = np.arange(PATCH_SIZE, dtype=np.float64)
+    idx = (
+        (inv @ (start - geometry.origin))[None, None, None, :]
+        + k[None, None, :, None] * inv[:, 0]
+        + k[None, :, None, None] * inv[:, 1]
+        + k[:, None, None, None] * inv[:, 2]
+    )
+    floor = np.floor(idx)
+    frac = idx - floor
+    floor = floor.astype(np.int64)
+    padded = np.pad((hu.astype(np.float64) + 1024.0) / 3072.0, 1)  # (z, y, x), fill 0.0
+    size = np.array(padded.shape[::-1])
+    out = np.zeros(floor.shape[:3])
+    for corner in np.ndindex(2, 2, 2):  # (dx, dy, dz)
+        at = np.clip(floor + corner + 1, 0, size - 1)
+        weight = np.prod(np.where(corner, frac, 1.0 - frac), axis=-1)
+        out += weight * padded[at[..., 2], at[..., 1], at[..., 0]]
+    return out.astype(np.float32)
+
+
+def test_sampling_equals_plain_trilinear_interpolation_in_float32():
+    """Oblique, flipped and axis-aligned grids, samples inside, astride and outside the scan."""
+    rng = np.random.default_rng(7)
+    for case in range(40):
+        size = tuple(int(v) for v in rng.integers(20, 80, 3))
+        angles = rng.uniform(-40, 40, 3)
+        direction = rotation(list(enumerate(angles))) if case % 2 else np.eye(3)
+        direction = direction @ np.diag(rng.choice([-1.0, 1.0], 3))
+        geometry = Geometry(
+            size=size,
+            origin=rng.uniform(-80, 80, 3),
+            spacing=rng.uniform(0.5, 3.0, 3),
+            direction=direction,
+        )
+        hu = rng.integers(-3000, 3000, size[::-1]).astype(np.int16)
+        point = geometry.index_to_physical @ (np.array(size) * rng.uniform(-0.2, 1.2, 3))
+        start = patch_grid(geometry, geometry.origin + point).start
+        if case % 4 == 0:
+            start = np.round(start)  # samples on voxel planes: weights of exactly 0 and 1
+        patch = patches_mod._sample_normalized(Volume(hu, geometry), start).astype(np.float32)
+        assert np.array_equal(patch, _trilinear_oracle(geometry, hu, start)), case
 
 
 def test_flipped_copy_of_an_image_gives_the_same_patch(tmp_path):
