@@ -23,6 +23,7 @@ from torch import nn
 
 from ._precision import PRECISIONS as _NAMES
 from ._precision import check_precision_name
+from ._process import freed_memory_kept
 
 __all__ = [
     "PRECISIONS",
@@ -244,7 +245,9 @@ def encode(
         x = x.pin_memory().to(device, non_blocking=True)
         flags = _cuda_flags(precision)
     x = x.to(device=device, memory_format=_memory_format(device, precision))
-    with flags, autocast(device, precision):
+    # On the CPU, malloc reuses the memory the forward pass frees as it goes.
+    kept = freed_memory_kept() if device.type == "cpu" else contextlib.nullcontext()
+    with kept, flags, autocast(device, precision):
         out = encoder(x)
     return out.float().cpu().numpy()
 
