@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from _common import DEFAULT_WORKDIR, machine, make_checkpoint, shared_data_dir
 
+from skfmcib._process import freed_memory_kept
 from skfmcib.runtime import auto_batch_size, encode, prepare_encoder
 from skfmcib.weights import load_encoder
 
@@ -62,11 +63,13 @@ def _layout_variant(net, device, precision, channels_last):
 
 
 @torch.inference_mode()
-def _run(net, x, device, precision, fmt):
+def _run(net, x, device, precision, fmt, keep=True):
+    # As runtime.encode, in either layout; keep=False: without malloc's memory reuse.
     t = torch.from_numpy(x).to(device=device, memory_format=fmt)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     ctx = contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
-    with ctx:
+    kept = freed_memory_kept() if keep and device.type == "cpu" else contextlib.nullcontext()
+    with kept, ctx:
         return net(t).float().cpu().numpy()
 
 
@@ -93,19 +96,21 @@ def main() -> None:
     if device.type == "cpu":
         sizes = args.batch_size or [8]
         x = _patches(max(sizes))
-        variants = [("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)]
+        variants = [("fp32", False, True), ("fp32", True, True), ("fp32", False, False)]
+        variants += [("bf16", False, True), ("bf16", True, True)]
         ref = None
         for bs in sizes:
-            for precision, cl in variants:
+            for precision, cl, keep in variants:
                 net, fmt = _layout_variant(load_encoder(ckpt)[0], device, precision, cl)
-                feats = _run(net, x[:bs], device, precision, fmt)
+                feats = _run(net, x[:bs], device, precision, fmt, keep)
                 if ref is None:
                     ref = feats
-                secs = _time(args.repeats, device, _run, net, x[:bs], device, precision, fmt)
+                secs = _time(args.repeats, device, _run, net, x[:bs], device, precision, fmt, keep)
                 cos = _cos(ref[:bs], feats)
                 rows.append(
                     {"precision": precision, "layout": "channels_last_3d" if cl else "contiguous",
-                     "batch": bs, "patches_per_s": bs / secs, "min_cosine": float(cos.min())}
+                     "malloc_reuse": keep, "batch": bs, "patches_per_s": bs / secs,
+                     "min_cosine": float(cos.min())}
                 )  # fmt: skip
                 print(rows[-1], flush=True)
                 del net
@@ -129,12 +134,13 @@ def main() -> None:
             del net
             torch.cuda.empty_cache()
     print()
-    print("| precision | layout | batch | patches/s | min cosine to fp32 |")
-    print("| --- | --- | ---: | ---: | ---: |")
+    print("| precision | layout | malloc reuse | batch | patches/s | min cosine to fp32 |")
+    print("| --- | --- | --- | ---: | ---: | ---: |")
     for r in rows:
+        reuse = {True: "yes", False: "no"}.get(r.get("malloc_reuse"), "n/a (CUDA)")
         print(
-            f"| {r['precision']} | {r.get('layout', 'channels_last_3d')} | {r['batch']} | "
-            f"{r['patches_per_s']:.2f} | {r['min_cosine']:.6f} |"
+            f"| {r['precision']} | {r.get('layout', 'channels_last_3d')} | {reuse} | "
+            f"{r['batch']} | {r['patches_per_s']:.2f} | {r['min_cosine']:.6f} |"
         )
     (workdir / f"encoder_{device.type}.json").write_text(json.dumps(rows, indent=2))
 
