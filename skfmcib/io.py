@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from ._files import file_state
+
 __all__ = [
     "Geometry",
     "ImageReadError",
@@ -915,12 +917,6 @@ def _open_dicom_directory(path: Path, series_uid: str | None) -> ImageSource:
 _HEADER_SUFFIXES = (".mhd", ".hdr", ".nhdr")
 
 
-def _stat_key(path: str | os.PathLike) -> tuple:
-    """A file's size, modification and status-change times and inode: changes with it."""
-    st = os.stat(path)
-    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-
-
 def _data_files(path: Path) -> list[Path]:
     """Files beside a header-only image file that hold its voxels."""
     if not path.name.lower().endswith(_HEADER_SUFFIXES):
@@ -963,11 +959,11 @@ def image_identity(path: str | os.PathLike, series_uid: str | None = None) -> tu
         if p.is_dir():
             with os.scandir(p) as it:
                 files = sorted((e.name, e.path) for e in it if e.is_file())
-            return (str(p), series_uid, tuple((name, _stat_key(f)) for name, f in files))
+            return (str(p), series_uid, tuple((name, file_state(f)) for name, f in files))
         return (
             str(p),
-            _stat_key(str(p)),
-            tuple((d.name, _stat_key(str(d))) for d in _data_files(p)),
+            file_state(str(p)),
+            tuple((d.name, file_state(str(d))) for d in _data_files(p)),
         )
     except FileNotFoundError:
         return None

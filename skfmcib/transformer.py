@@ -17,10 +17,10 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, check_memory
 
 from ._cache import FeatureCache
+from ._files import file_state
 from ._precision import check_precision_name
 from ._process import gc_paused
 from ._progress import Progress
-from .io import _stat_key
 from .patches import (
     RowWarning,
     _iter_patches,
@@ -88,10 +88,11 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
         Cache of per-lesion features: a folder or a ``joblib.Memory``. A lesion is
         encoded once and then read back, as long as the weights (digest), the
         architecture, the precision, the preprocessing, the image file (path, size,
-        modification time) and the seed are the same; changing any of them misses
-        the cache. With it, a cross-validated search over later pipeline steps encodes
-        each lesion once, and a fit whose weights were already loaded in this process
-        defers loading the encoder until a lesion is not in the cache.
+        modification and status-change times, inode) and the seed are the same;
+        changing any of them misses the cache. With it, a cross-validated search over
+        later pipeline steps encodes each lesion once, and a fit whose weights were
+        already loaded in this process defers loading the encoder until a lesion is
+        not in the cache.
     n_jobs : int or None, default=None
         Threads that read images and extract patches while the encoder runs (rows
         are grouped by image, each image opened once). None: one thread per two CPU
@@ -576,7 +577,7 @@ class _WeightsMemo:
         if info.path is None:
             return ()
         try:
-            return _stat_key(info.path)
+            return file_state(info.path)
         except OSError:
             return None
 

@@ -48,6 +48,7 @@ from typing import Any, TextIO
 
 import torch
 
+from skfmcib._files import file_state
 from skfmcib.encoder import ARCHITECTURES, EncoderConfig, ResNet3D
 
 __all__ = [
@@ -584,7 +585,7 @@ def fetch_weights(
 
 # -------------------------------------------------------------------------- digests
 
-_DIGESTS: dict[tuple[str, int, int], str] = {}
+_DIGESTS: dict[tuple[str, int, int, int, int], str] = {}
 _DIGEST_LOCK = threading.Lock()
 
 
@@ -603,8 +604,9 @@ def _hash_file(path: Path, algorithm: str) -> str:
 def file_digest(path: PathLike) -> str:
     """Return the SHA-256 of a file as hex, memoised for the life of the process.
 
-    The memo is keyed by the resolved path, the size and the modification time in
-    nanoseconds, so a file rewritten in place is hashed again.
+    The memo is keyed by the resolved path and the file's size, modification and
+    status-change times and inode, so a rewritten file is hashed again, even one of
+    the same size whose modification time did not change.
 
     Parameters
     ----------
@@ -626,8 +628,7 @@ def file_digest(path: PathLike) -> str:
     'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855'
     """
     resolved = Path(path).expanduser().resolve()
-    st = resolved.stat()
-    key = (str(resolved), st.st_size, st.st_mtime_ns)
+    key = (str(resolved), *file_state(resolved))
     with _DIGEST_LOCK:
         cached = _DIGESTS.get(key)
     if cached is not None:
@@ -643,27 +644,22 @@ class _FileDigest:
 
     Hashing a 738 MB checkpoint takes about half a second; most uses of an encoder
     never need the digest (it identifies the weights in feature caches, pickles and
-    provenance). The file's size, modification time and inode are noted at reading;
-    if they differ when the digest is first asked for, the file changed since, and
-    its digest would not describe the weights that were read: that is an error.
+    provenance). The file's state (:func:`skfmcib._files.file_state`) is noted at
+    reading; if it differs when the digest is first asked for, the file changed since,
+    and its digest would not describe the weights that were read: that is an error.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._state = self._stat(path)
+        self._state = file_state(path)
         self._value: str | None = None
         self._lock = threading.Lock()
-
-    @staticmethod
-    def _stat(path: Path) -> tuple[int, int, int]:
-        st = path.stat()
-        return (st.st_size, st.st_mtime_ns, st.st_ino)
 
     def get(self) -> str:
         with self._lock:
             if self._value is None:
                 try:
-                    now = self._stat(self.path)
+                    now = file_state(self.path)
                 except OSError as exc:
                     raise CheckpointError(
                         f"{self.path} was removed after its weights were read, before its "

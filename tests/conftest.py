@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -164,3 +165,24 @@ def patch_transformer_expected_failures(verb: str) -> dict[str, str]:
         "check_n_features_in": no_n_features,
         "check_n_features_in_after_fitting": no_n_features,
     }
+
+
+def rewrite_keeping_size_and_mtime(path: Path, data: bytes) -> None:
+    """Overwrite ``path`` in place (same inode) with ``data`` and put its old
+    modification time back, as a copy that keeps timestamps, or a second save within
+    a coarse file system's time resolution, leaves it."""
+    before = os.stat(path)
+    assert len(data) == before.st_size
+    with open(path, "r+b") as fh:
+        fh.write(data)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    # The status-change time comes from the kernel's coarse clock: wait for it to move.
+    while os.stat(path).st_ctime_ns == before.st_ctime_ns:
+        time.sleep(0.005)
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.stat(path)
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (
+        before.st_size,
+        before.st_mtime_ns,
+        before.st_ino,
+    )

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import write_dicom_series, write_image
+from conftest import rewrite_keeping_size_and_mtime, write_dicom_series, write_image
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
@@ -152,6 +152,23 @@ def test_changed_weights_file_misses(tmp_path, table, encoder_calls):
     encoder_calls.reset()
     after = FMCIBTransformer(weights=ckpt, device="cpu", memory=memory).fit().transform(table)
     assert encoder_calls.patches == len(table)
+    assert not np.allclose(after, before)
+
+
+def test_weights_rewritten_at_the_same_size_and_mtime_miss(tmp_path, table, encoder_calls):
+    # A checkpoint saved again over the same path within the file system's time
+    # resolution (or copied keeping timestamps) keeps its size and modification time.
+    memory = tmp_path / "cache"
+    ckpt, other = tmp_path / "enc.torch", tmp_path / "new.torch"  # same-length names
+    save_checkpoint(tiny(None).fit().encoder_, ckpt)
+    save_checkpoint(tiny(None, random_state=5).fit().encoder_, other)
+    before = FMCIBTransformer(weights=ckpt, device="cpu", memory=memory).fit().transform(table)
+    rewrite_keeping_size_and_mtime(ckpt, other.read_bytes())
+    encoder_calls.reset()
+    after = FMCIBTransformer(weights=ckpt, device="cpu", memory=memory).fit().transform(table)
+    assert encoder_calls.patches == len(table)
+    expected = FMCIBTransformer(weights=other, device="cpu").fit().transform(table)
+    np.testing.assert_array_equal(after, expected)
     assert not np.allclose(after, before)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import rewrite_keeping_size_and_mtime
 
 from skfmcib import weights
 from skfmcib.encoder import EncoderConfig, ResNet3D
@@ -577,6 +578,14 @@ def test_digest_is_sha256_memoised_and_follows_changes(tmp_path, monkeypatch):
     assert len(calls) == 2
 
 
+def test_digest_memo_misses_a_same_size_rewrite_with_the_old_mtime(tmp_path):
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"abc")
+    assert file_digest(path) == hashlib.sha256(b"abc").hexdigest()
+    rewrite_keeping_size_and_mtime(path, b"xyz")
+    assert file_digest(path) == hashlib.sha256(b"xyz").hexdigest()
+
+
 def test_loading_does_not_hash_the_file_until_the_digest_is_asked_for(
     small, tmp_path, monkeypatch
 ):
@@ -605,7 +614,15 @@ def test_digest_of_a_file_changed_after_loading_is_refused(small, tmp_path):
         _ = info.digest
     with pytest.raises(CheckpointError, match="changed after its weights were read"):
         _ = ckpt.digest
-    _, again = load_encoder(path)
+    # Rewritten in place at the same size with the old modification time: still seen.
+    path = save_checkpoint(small, tmp_path / "v.torch")
+    _, info = load_encoder(path)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    rewrite_keeping_size_and_mtime(path, bytes(data))
+    with pytest.raises(CheckpointError, match="changed after its weights were read"):
+        _ = info.digest
+    _, again = load_encoder(save_checkpoint(small, path))
     path.unlink()
     with pytest.raises(CheckpointError, match="removed after its weights were read"):
         _ = again.digest
