@@ -289,19 +289,41 @@ dist.destroy_process_group()
 """
 
 
-def test_two_process_gloo_run_gathers_with_gradients_and_trains(seeds, tmp_path):
-    script = tmp_path / "ddp.py"
-    script.write_text(textwrap.dedent(_DDP_SCRIPT))
-    seeds.to_csv(tmp_path / "seeds.csv", index=False)
+# torch's gloo backend now and then aborts a process while it shuts down, after every
+# collective has completed and every file is written (once in about 300 runs on a busy
+# 2-core machine, never in the work itself). One more launch is allowed for exactly that:
+# a C++ abort with every rank's report and the checkpoint on disk.
+_GLOO_TEARDOWN_ABORT = "terminate called without an active exception"
+
+
+def _launch_two_gloo_processes(script, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
+    # faulthandler prints every thread's Python stack if a process aborts
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
+    return subprocess.run(
         [*cmd, str(script), str(tmp_path), str(tmp_path / "seeds.csv")],
         capture_output=True,
         text=True,
         timeout=300,
         env=env,
     )
+
+
+def test_two_process_gloo_run_gathers_with_gradients_and_trains(seeds, tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(textwrap.dedent(_DDP_SCRIPT))
+    seeds.to_csv(tmp_path / "seeds.csv", index=False)
+    outputs = [tmp_path / "rank0.json", tmp_path / "rank1.json", tmp_path / "ddp.pt"]
+    proc = _launch_two_gloo_processes(script, tmp_path)
+    if (
+        proc.returncode != 0
+        and _GLOO_TEARDOWN_ABORT in proc.stderr
+        and all(p.exists() for p in outputs)
+    ):
+        print("gloo aborted at shutdown, launching again:", proc.stderr[-2000:], file=sys.stderr)
+        for p in outputs:
+            p.unlink()
+        proc = _launch_two_gloo_processes(script, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for rank in (0, 1):
         assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == {
