@@ -27,7 +27,7 @@ import math
 import os
 import sys
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -884,25 +884,11 @@ def _pretrain(table, out, ddp, device, say, **kw) -> Path:
     return out
 
 
-# The tensors of the last collectives of each epoch stay referenced from here. torch's
-# DistributedDataParallel keeps its process group, and so gloo's worker threads, alive
-# after destroy_process_group; a worker that drops the last reference to a tensor made
-# in Python must take the GIL, and if the interpreter is finalizing by then, the
-# process aborts ("terminate called without an active exception", seen once in about
-# 300 two-process runs, after all work was written). Held here, such tensors are freed
-# by the main thread, epochs later or when the interpreter clears this module.
-_HELD_FOR_WORKERS: deque[tuple[torch.Tensor, list[torch.Tensor]]] = deque(maxlen=4)
-
-
 def _gather_generator_states(generator: torch.Generator, ddp: _Dist) -> list[torch.Tensor]:
     """Every process's augmentation-generator state, in rank order."""
     state = generator.get_state()
     if ddp.world_size == 1:
         return [state]
-    # NCCL gathers CUDA tensors only; a generator state is the same size everywhere.
-    on = torch.device("cuda", ddp.local_rank) if dist.get_backend() == "nccl" else state.device
-    local = state.to(on)
-    parts = [torch.empty_like(local) for _ in range(ddp.world_size)]
-    dist.all_gather(parts, local)
-    _HELD_FOR_WORKERS.append((local, parts))
-    return [part.cpu() for part in parts]
+    states: list[Any] = [None] * ddp.world_size
+    dist.all_gather_object(states, state)
+    return [torch.as_tensor(s) for s in states]
