@@ -289,10 +289,12 @@ dist.destroy_process_group()
 """
 
 
-# torch's gloo backend now and then aborts a process while it shuts down, after every
-# collective has completed and every file is written (once in about 300 runs on a busy
-# 2-core machine, never in the work itself). One more launch is allowed for exactly that:
-# a C++ abort with every rank's report and the checkpoint on disk.
+# A process may abort while exiting, after all its work is written (1 to 3 in a few
+# hundred runs on a busy 2-core machine): torch keeps gloo's worker threads alive after
+# destroy_process_group when DistributedDataParallel was used, and a worker that frees a
+# gathered tensor made in Python after the interpreter has begun to exit aborts the
+# process (seen in core dumps). One more launch is allowed for exactly that: a C++ abort
+# with every rank's report and the checkpoint on disk.
 _GLOO_TEARDOWN_ABORT = "terminate called without an active exception"
 
 
