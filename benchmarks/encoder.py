@@ -21,7 +21,7 @@ import torch
 from _common import DEFAULT_WORKDIR, machine, make_checkpoint, shared_data_dir
 
 from skfmcib._process import freed_memory_kept
-from skfmcib.runtime import auto_batch_size, encode, prepare_encoder
+from skfmcib.runtime import auto_batch_size, autocast, encode, prepare_encoder
 from skfmcib.weights import load_encoder
 
 
@@ -66,10 +66,8 @@ def _layout_variant(net, device, precision, channels_last):
 def _run(net, x, device, precision, fmt, keep=True):
     # As runtime.encode, in either layout; keep=False: without malloc's memory reuse.
     t = torch.from_numpy(x).to(device=device, memory_format=fmt)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    ctx = contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
     kept = freed_memory_kept() if keep and device.type == "cpu" else contextlib.nullcontext()
-    with kept, ctx:
+    with kept, autocast(device, precision):
         return net(t).float().cpu().numpy()
 
 
