@@ -6,6 +6,7 @@ scans, encoding), timed from outside, with the peak memory of its process tree.
     python benchmarks/end_to_end.py                         # builds the reference venv
     python benchmarks/end_to_end.py --reference-python /path/to/venv/bin/python
     python benchmarks/end_to_end.py --no-reference --cohort 48
+    python benchmarks/end_to_end.py --no-reference --format nii   # uncompressed scans
     python benchmarks/end_to_end.py --no-reference --cohort 400 --device cuda \
         --precision bf16 --batch-size auto --n-jobs -1        # on a GPU machine
 
@@ -169,6 +170,9 @@ def main() -> None:
     ap.add_argument("--no-reference", action="store_true")
     ap.add_argument("--cohort", type=int, default=0, help="also run skfmcib on N lesions")
     ap.add_argument(
+        "--format", default="nii.gz", choices=["nii.gz", "nii"], help="file format of the scans"
+    )
+    ap.add_argument(
         "--wait-quiet",
         type=float,
         default=0,
@@ -178,12 +182,16 @@ def main() -> None:
 
     print(machine())
     ref_python = reference_python(args)
-    paths, kind = build_scans(args.workdir, args.scans)
+    paths, kind = build_scans(args.workdir, args.scans, args.format)
     table = lesion_table(paths, args.lesions_per_scan)
-    csv = args.workdir / "lesions.csv"
+    tag = "" if args.format == "nii.gz" else f".{args.format}"
+    csv = args.workdir / f"lesions{tag}.csv"
     table.to_csv(csv, index=False)
     ckpt = make_checkpoint(args.workdir)
-    print(f"{len(table)} lesions on {len(paths)} {kind} scans of 0.7 x 0.7 x 1.25 mm (.nii.gz)")
+    print(
+        f"{len(table)} lesions on {len(paths)} {kind} scans of 0.7 x 0.7 x 1.25 mm "
+        f"(.{args.format})"
+    )
 
     # Before each run, the files the same side read in its previous run are read again
     # (libraries and modules as well as the scans and weights), for both sides alike.
@@ -273,7 +281,7 @@ def main() -> None:
         summary.update(ratio=ratio, ratios_run_by_run=pairs, max_rel_diff=rel)
     if args.cohort:
         big = lesion_table(paths, max(1, args.cohort // len(paths)), seed=1)
-        big_csv = args.workdir / "cohort.csv"
+        big_csv = args.workdir / f"cohort{tag}.csv"
         big.to_csv(big_csv, index=False)
         print(f"  ({wait_until_quiet(args.wait_quiet)})", flush=True)
         run = run_ours(big_csv, args.workdir / "big.npy", "1")

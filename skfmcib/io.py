@@ -3,15 +3,16 @@
 Everything the rest of the package knows about an image passes through
 :class:`Volume`: the voxels in SimpleITK array order ``(z, y, x)`` and the
 geometry (origin, spacing, direction) in LPS millimetres, the convention of
-ITK, SimpleITK and DICOM. Files are read with SimpleITK; a directory is read
-as a DICOM series.
+ITK, SimpleITK and DICOM. Files are read as SimpleITK reads them; a directory is
+read as a DICOM series.
 
 A lesion needs only the voxels around it. :func:`open_image` reads an image's
 header and returns an :class:`ImageSource` whose :meth:`~ImageSource.read_region`
-reads one box of voxels: NIfTI (``.nii``, ``.nii.gz``) and MetaImage files are
-streamed by SimpleITK, raw NRRD files are read at byte offsets, and a DICOM
-series reads every header but the pixel data of the slices in the box only.
-Other files are read whole, once.
+reads one box of voxels: uncompressed NIfTI (``.nii``) and raw NRRD files are read
+at byte offsets (without importing SimpleITK, see :mod:`skfmcib._nifti`),
+``.nii.gz`` and MetaImage files are streamed by SimpleITK, and a DICOM series reads
+every header but the pixel data of the slices in the box only. Other files are read
+whole, once.
 """
 
 from __future__ import annotations
@@ -22,11 +23,15 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import SimpleITK as sitk
 
+from . import _nifti
 from ._files import file_state
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
 
 __all__ = [
     "Geometry",
@@ -153,7 +158,7 @@ def _pick_series(directory: Path, uids: list[str], series_uid: str | None) -> st
 
 
 def _dicom_series_files(directory: Path, series_uid: str | None) -> list[str]:
-    reader = sitk.ImageSeriesReader
+    reader = _sitk().ImageSeriesReader
     uids = list(reader.GetGDCMSeriesIDs(str(directory)) or ())
     series_uid = _pick_series(directory, uids, series_uid)
     return list(reader.GetGDCMSeriesFileNames(str(directory), series_uid))
@@ -291,6 +296,17 @@ def read_geometry(path: str | os.PathLike, series_uid: str | None = None) -> Geo
         return source.geometry
 
 
+def _sitk():
+    """SimpleITK, imported when first needed.
+
+    Importing it maps and initialises a large library (about 100 MB of memory, 0.1 s),
+    which reading the common NIfTI files does not need.
+    """
+    import SimpleITK
+
+    return SimpleITK
+
+
 def _first_line(exc: Exception) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     # ITK messages end with the useful description.
@@ -337,20 +353,20 @@ def read_image(path: str | os.PathLike, series_uid: str | None = None) -> Volume
     try:
         if path.is_dir():
             files = _dicom_series_files(path, series_uid)
-            reader = sitk.ImageSeriesReader()
+            reader = _sitk().ImageSeriesReader()
             reader.SetFileNames(files)
             reader.MetaDataDictionaryArrayUpdateOn()
             image = reader.Execute()
             _check_series_gaps(path, reader, image)
         else:
             _check_gzip_complete(path)
-            image = sitk.ReadImage(str(path))
+            image = _sitk().ReadImage(str(path))
     except RuntimeError as exc:
         raise ImageReadError(f"{path}: cannot read image ({_first_line(exc)})") from exc
     _check_3d_scalar(
         str(path), image.GetDimension(), image.GetNumberOfComponentsPerPixel(), image.GetSize()
     )
-    array = sitk.GetArrayViewFromImage(image)
+    array = _sitk().GetArrayViewFromImage(image)
     # Keep the voxels alive independently of the SimpleITK image.
     array = np.array(array, copy=True)
     return Volume(array=array, geometry=_geometry_of(image), path=str(path))
@@ -496,7 +512,7 @@ class _StreamSource(ImageSource):
         self.sequential = sequential
 
     def _read(self, lo, hi):
-        reader = sitk.ImageFileReader()
+        reader = _sitk().ImageFileReader()
         reader.SetImageIO(self._io_name)
         reader.SetFileName(self.path)
         reader.SetExtractIndex([int(v) for v in lo])
@@ -514,7 +530,7 @@ class _ImageVoxels:
 
     def __init__(self, image: sitk.Image) -> None:
         self._image = image
-        self.__array_interface__ = sitk.GetArrayViewFromImage(image).__array_interface__
+        self.__array_interface__ = _sitk().GetArrayViewFromImage(image).__array_interface__
 
 
 class _RawSource(ImageSource):
@@ -542,6 +558,18 @@ class _RawSource(ImageSource):
                 out[k] = block[:, lo[0] : hi[0]]
         self._record(self.path)
         return out.astype(self._dtype.newbyteorder("="), copy=False)
+
+
+class _NiftiSource(_RawSource):
+    """An uncompressed NIfTI-1 file read without SimpleITK: the rows of the box, at their
+    byte offsets, scaled as ITK scales them (see :mod:`skfmcib._nifti`)."""
+
+    def __init__(self, path: str, geometry: Geometry, layout: _nifti.NiftiLayout) -> None:
+        super().__init__(path, geometry, layout.stored, layout.offset)
+        self._layout = layout
+
+    def _read(self, lo, hi):
+        return _nifti.scaled(super()._read(lo, hi), self._layout)
 
 
 _NRRD_TYPES = {
@@ -814,12 +842,12 @@ def _dicom_pixels(info: _DicomSlice, rows: int, cols: int) -> np.ndarray:
     if raw is not None and raw.shape == (rows, cols):
         return _rescaled(raw, info.slope, info.intercept)
     try:
-        image = sitk.ReadImage(info.file)  # GDCM applies the rescale itself
+        image = _sitk().ReadImage(info.file)  # GDCM applies the rescale itself
     except RuntimeError as exc:
         raise ImageReadError(
             f"{info.file}: cannot read DICOM pixels ({_first_line(exc)})"
         ) from exc
-    return sitk.GetArrayFromImage(image).reshape(rows, cols)
+    return _sitk().GetArrayFromImage(image).reshape(rows, cols)
 
 
 # ------------------------------------------------------------------------- opening
@@ -839,10 +867,12 @@ def open_image(path: str | os.PathLike, series_uid: str | None = None) -> ImageS
     -------
     ImageSource
         Its :meth:`~ImageSource.read_region` reads the least the format allows:
-        a box of an uncompressed or gzipped NIfTI or a MetaImage (SimpleITK
-        streaming), byte ranges of a raw NRRD, the pixel data of the slices a box
-        touches in a DICOM series (headers read with pydicom; a series pydicom cannot
-        describe exactly as SimpleITK does is read whole by SimpleITK). Any other
+        byte ranges of an uncompressed NIfTI (header parsed as ITK parses it; the
+        headers ITK's choices make uncertain are left to SimpleITK) or a raw NRRD,
+        a box of a gzipped NIfTI or a MetaImage (SimpleITK streaming), the pixel
+        data of the slices a box touches in a DICOM series (headers read with
+        pydicom; a series pydicom cannot describe exactly as SimpleITK does is
+        read whole by SimpleITK). Any other
         file is read whole on first use and kept until :meth:`~ImageSource.close`.
         The values are those :func:`read_image` gives.
 
@@ -872,7 +902,13 @@ def open_image(path: str | os.PathLike, series_uid: str | None = None) -> ImageS
     if path.is_dir():
         return _open_dicom_directory(path, series_uid)
     _check_gzip_complete(path)
-    reader = sitk.ImageFileReader()
+    if path.name.lower().endswith(".nii"):
+        layout = _nifti.read_layout(path)
+        if layout is not None:
+            _check_3d_scalar(str(path), 3, 1, layout.size)
+            geometry = Geometry(layout.size, layout.origin, layout.spacing, layout.direction)
+            return _NiftiSource(str(path), geometry, layout)
+    reader = _sitk().ImageFileReader()
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()

@@ -1,0 +1,277 @@
+"""Uncompressed NIfTI files read without SimpleITK give exactly SimpleITK's geometry and voxels."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+from conftest import rotation, write_image
+
+from skfmcib import load_patches
+from skfmcib._nifti import read_layout
+from skfmcib.io import ImageReadError, open_image, read_image
+
+DTYPES = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2", 768: "u4"}
+
+
+def write_nifti(
+    path: Path,
+    array: np.ndarray,
+    *,
+    spacing=(1.0, 1.0, 1.0),
+    quatern=None,
+    qfac=1.0,
+    srow=None,
+    qform_code=0,
+    sform_code=0,
+    slope=0.0,
+    inter=0.0,
+    order="<",
+    extension=b"",
+    dim=None,
+    xyzt_units=10,
+) -> Path:
+    """Write a NIfTI-1 file byte by byte: ``array`` in (z, y, x) order, any header."""
+    h = bytearray(348)
+    struct.pack_into(order + "i", h, 0, 348)
+    dims = list(dim) if dim is not None else [3, *array.shape[::-1]]
+    struct.pack_into(order + "8h", h, 40, *(dims + [1] * (8 - len(dims))))
+    code = next(c for c, t in DTYPES.items() if np.dtype(t) == array.dtype.newbyteorder("="))
+    struct.pack_into(order + "3h", h, 68, 0, code, array.dtype.itemsize * 8)
+    struct.pack_into(order + "8f", h, 76, qfac, *spacing, 0, 0, 0, 0)
+    struct.pack_into(order + "3f", h, 108, 352 + len(extension), slope, inter)
+    h[123] = xyzt_units
+    struct.pack_into(order + "2h", h, 252, qform_code, sform_code)
+    if quatern is not None:
+        struct.pack_into(order + "6f", h, 256, *quatern)
+    if srow is not None:
+        struct.pack_into(order + "12f", h, 280, *np.ravel(srow))
+    h[344:348] = b"n+1\x00"
+    body = bytes(h) + b"\0\0\0\0" + extension
+    body += array.astype(array.dtype.newbyteorder(order)).tobytes()
+    if path.name.endswith(".gz"):
+        body = gzip.compress(body, 1)
+    path.write_bytes(body)
+    return path
+
+
+def _quaternion(r: np.ndarray) -> tuple[np.ndarray, float]:
+    """NIfTI's (b, c, d) and qfac for a rotation or reflection matrix."""
+    qfac = 1.0 if np.linalg.det(r) > 0 else -1.0
+    r = r.copy()
+    r[:, 2] *= qfac
+    w = np.sqrt(max(0.0, 1 + np.trace(r))) / 2
+    if w > 1e-3:
+        bcd = np.array([r[2, 1] - r[1, 2], r[0, 2] - r[2, 0], r[1, 0] - r[0, 1]]) / (4 * w)
+    else:  # 180-degree rotations: the largest diagonal term
+        i = int(np.argmax(np.diag(r)))
+        j, k = (i + 1) % 3, (i + 2) % 3
+        s = np.sqrt(max(0.0, 1 + r[i, i] - r[j, j] - r[k, k])) * 2
+        bcd = np.zeros(3)
+        bcd[i] = s / 4
+        bcd[j] = (r[j, i] + r[i, j]) / s
+        bcd[k] = (r[k, i] + r[i, k]) / s
+        if (r[k, j] - r[j, k]) / s < 0:
+            bcd = -bcd
+    return bcd, qfac
+
+
+def _assert_like_simpleitk(path: Path) -> str:
+    """open_image gives SimpleITK's geometry and voxels; returns how it read them."""
+    image = sitk.ReadImage(str(path))
+    want = sitk.GetArrayFromImage(image)
+    with open_image(path) as source:
+        g = source.geometry
+        assert g.size == image.GetSize()
+        assert tuple(g.origin) == image.GetOrigin()
+        assert tuple(g.spacing) == image.GetSpacing()
+        assert tuple(g.direction.ravel()) == image.GetDirection()
+        got = source.read_region((0, 0, 0), g.size)
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+        lo = np.asarray(g.size) // 3
+        hi = np.maximum(lo + 1, 2 * np.asarray(g.size) // 3)
+        np.testing.assert_array_equal(
+            source.read_region(lo, hi), want[lo[2] : hi[2], lo[1] : hi[1], lo[0] : hi[0]]
+        )
+        return source.strategy
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+@pytest.mark.parametrize("dtype", sorted(set(DTYPES.values())))
+@pytest.mark.parametrize("scaling", [(0.0, 0.0), (1.0, 0.0), (1.0, -1024.0), (0.37, 3.5)])
+def test_every_type_and_scaling_reads_like_simpleitk(tmp_path, order, suffix, dtype, scaling):
+    rng = np.random.default_rng(0)
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
+    low, high = (info.min, info.max) if info else (-3000.0, 3000.0)
+    array = rng.uniform(max(low, -3000), min(high, 3000), (7, 9, 11)).astype(dtype)
+    path = write_nifti(
+        tmp_path / f"ct{suffix}",
+        array,
+        spacing=(0.7, 0.8, 1.25),
+        quatern=(0, 0, 0, -10.5, 20.25, 7.0),
+        qform_code=1,
+        slope=scaling[0],
+        inter=scaling[1],
+        order=order,
+    )
+    # .nii.gz files are SimpleITK's to read (its zlib-ng inflates faster).
+    assert _assert_like_simpleitk(path) == ("stream" if suffix == ".nii.gz" else "raw")
+
+
+def test_random_headers_read_like_simpleitk(tmp_path):
+    """qform/sform codes, rotations, reflections, noise and shear: wherever the header
+    is read without SimpleITK, the geometry and voxels are SimpleITK's, bit for bit;
+    the rest is read by SimpleITK."""
+    rng = np.random.default_rng(7)
+    native = {"qform": 0, "sform": 0, "oblique": 0}
+    fallback = 0
+    for i in range(160):
+        spacing = tuple(float(np.float32(v)) for v in rng.uniform(0.3, 3.0, 3))
+        if i % 4 == 0:
+            spacing = (spacing[0],) * 3
+        if i % 3:
+            r = rotation(enumerate(rng.uniform(-60, 60, 3)))
+        else:
+            r = np.eye(3)[:, rng.permutation(3)] * rng.choice([-1.0, 1.0], 3)
+        bcd, qfac = _quaternion(r)
+        offset = rng.uniform(-300, 300, 3)
+        srow = np.c_[r * np.asarray(spacing), offset]
+        kind = i % 5
+        if kind == 1:
+            srow = srow + rng.normal(0, 1e-6, srow.shape)  # the qform's rounding, not the sform's
+        elif kind == 2:
+            srow[:, 3] += rng.normal(0, 5, 3)  # another space
+        elif kind == 3:
+            srow[0, 1] += 0.3  # sheared
+        codes = [(1, 1), (1, 0), (0, 1), (0, 2), (2, 2), (1, 4), (2, 1)][i % 7]
+        path = write_nifti(
+            tmp_path / f"r{i}.nii",
+            rng.integers(-1024, 3000, (5, 6, 7)).astype(np.int16),
+            spacing=spacing,
+            quatern=(*bcd, *offset),
+            qfac=qfac,
+            srow=srow,
+            qform_code=codes[0],
+            sform_code=codes[1],
+            order="<>"[i % 2],
+        )
+        try:
+            sitk.ReadImage(str(path))
+        except RuntimeError:
+            assert read_layout(path) is None  # SimpleITK's refusal is reported as before
+            with pytest.raises(ImageReadError, match=f"r{i}"):
+                open_image(path)
+            continue
+        layout = read_layout(path)
+        strategy = _assert_like_simpleitk(path)
+        if layout is None:
+            fallback += 1
+            assert strategy == "stream"
+            continue
+        native["sform" if codes[1] and (codes[0] == 0 or codes[1] == 1) else "qform"] += 1
+        native["oblique"] += bool(i % 3)
+    assert min(native.values()) >= 15, native
+    assert fallback >= 10
+
+
+def test_extensions_and_a_4d_header_of_one_volume(tmp_path):
+    array = np.arange(6 * 7 * 8, dtype=np.int16).reshape(6, 7, 8)
+    quatern = (0.1, -0.2, 0.3, 1.0, 2.0, 3.0)
+    ext = struct.pack("<ii", 32, 0) + b"x" * 24  # one NIfTI extension of 32 bytes
+    for name, kwargs in {
+        "ext.nii": {"extension": ext},
+        "t1.nii": {"dim": [4, 8, 7, 6, 1]},
+    }.items():
+        path = write_nifti(tmp_path / name, array, quatern=quatern, qform_code=1, **kwargs)
+        assert read_layout(path) is not None, name
+        _assert_like_simpleitk(path)
+
+
+def test_headers_it_leaves_to_simpleitk(tmp_path):
+    array = np.zeros((4, 5, 6), dtype=np.int16)
+    q = (0.0, 0.0, 0.0, 1.0, 2.0, 3.0)
+    srow = np.c_[np.eye(3), (4.0, 5.0, 6.0)]
+    cases = {
+        "no_transform": {},
+        "two_spaces": {"quatern": q, "srow": srow, "qform_code": 1, "sform_code": 2},
+        "metres": {"quatern": q, "qform_code": 1, "xyzt_units": 1},
+        "negative_pixdim": {"quatern": q, "qform_code": 1, "spacing": (-1.0, 1.0, 1.0)},
+        "time_series": {"quatern": q, "qform_code": 1, "dim": [4, 6, 5, 4, 3]},
+    }
+    for name, kwargs in cases.items():
+        if name == "time_series":
+            array = np.zeros((3, 4, 5, 6), dtype=np.int16)
+        path = write_nifti(tmp_path / f"{name}.nii", array, **kwargs)
+        assert read_layout(path) is None, name
+    assert _assert_like_simpleitk(tmp_path / "two_spaces.nii") == "stream"
+    with pytest.raises(ImageReadError, match="time_series.nii.*4D"):
+        open_image(tmp_path / "time_series.nii")
+
+
+def test_truncated_file_names_the_file(tmp_path):
+    path = write_nifti(
+        tmp_path / "cut.nii", np.ones((8, 9, 10), np.int16), quatern=(0,) * 6, qform_code=1
+    )
+    path.write_bytes(path.read_bytes()[:-500])
+    with open_image(path) as source:
+        source.read_region((0, 0, 0), (10, 9, 2))  # the first slices are there
+        with pytest.raises(ImageReadError, match="cut.nii.*shorter"):
+            source.read_region((0, 0, 0), (10, 9, 8))
+
+
+def test_simpleitk_written_oblique_file(tmp_path):
+    hu = np.random.default_rng(3).integers(-1024, 2000, (30, 20, 25)).astype(np.int16)
+    direction = rotation(enumerate((10.0, -5.0, 30.0)))
+    path = write_image(tmp_path / "ct.nii", hu, (0.7, 0.7, 1.25), (-3.0, 4.0, 5.0), direction)
+    assert _assert_like_simpleitk(path) == "raw"
+
+
+def test_real_scans_read_like_simpleitk(shared_data, tmp_path):
+    # The shared scans, inflated: an sform-only int32 CT, a tilted CT with both
+    # transforms, and a segmentation with a header extension.
+    for name in ("example_ct.nii.gz", "example_ct_tilted.nii.gz", "example_seg.nii.gz"):
+        path = tmp_path / name.removesuffix(".gz")
+        path.write_bytes(gzip.decompress((shared_data / "ct" / name).read_bytes()))
+        assert read_layout(path) is not None, name
+        assert _assert_like_simpleitk(path) == "raw"
+        with open_image(path) as source:
+            np.testing.assert_array_equal(
+                source.read().array, read_image(shared_data / "ct" / name).array
+            )
+
+
+def test_extracting_patches_from_nifti_does_not_import_simpleitk(tmp_path):
+    hu = np.random.default_rng(0).integers(-1024, 2000, (40, 60, 60)).astype(np.int16)
+    for suffix in ("nii", "nii.gz"):
+        write_image(tmp_path / f"ct.{suffix}", hu, (0.8, 0.8, 1.5), (-20.0, -20.0, 0.0))
+    table = pd.DataFrame(
+        {"image_path": [str(tmp_path / "ct.nii")], "coordX": [3.0], "coordY": [4.0],
+         "coordZ": [30.0]}
+    )  # fmt: skip
+    table.to_csv(tmp_path / "table.csv", index=False)
+    script = textwrap.dedent(
+        f"""
+        import sys
+        import numpy as np, pandas as pd
+        from skfmcib import FMCIBTransformer, load_patches
+        patches = load_patches(pd.read_csv({str(tmp_path / "table.csv")!r}))
+        np.save({str(tmp_path / "patches.npy")!r}, patches)
+        print("SimpleITK" in sys.modules)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+    # The same patch as from the compressed copy, which SimpleITK reads.
+    gz = load_patches(table.assign(image_path=str(tmp_path / "ct.nii.gz")))
+    np.testing.assert_array_equal(np.load(tmp_path / "patches.npy"), gz)
