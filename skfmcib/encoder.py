@@ -15,7 +15,50 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-__all__ = ["ARCHITECTURES", "EncoderConfig", "ResNet3D", "build_encoder"]
+__all__ = ["ARCHITECTURES", "Conv3d", "EncoderConfig", "ResNet3D", "build_encoder"]
+
+
+class Conv3d(nn.Conv3d):
+    """``torch.nn.Conv3d`` that can compute its output channels a group at a time.
+
+    With ``out_groups`` above 1, the output channels are computed from consecutive
+    slices of the weight (each a contiguous block of the ``(out, in, d, h, w)`` tensor)
+    and concatenated. On the CPU, oneDNN copies a convolution's weight into its own
+    blocked layout at every call; for the largest convolutions of the FMCIB encoder
+    (113 MB each) that copy is the largest allocation of a forward pass, and a slice
+    needs a slice of it. Each output channel is computed as before. Parameters and
+    state-dict keys are those of ``torch.nn.Conv3d``.
+
+    Attributes
+    ----------
+    out_groups : int
+        Slices of the output channels computed one after another (1: all at once).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skfmcib.encoder import Conv3d
+    >>> conv = Conv3d(4, 64, 3, padding=1).eval()
+    >>> x = torch.randn(2, 4, 6, 6, 6)
+    >>> whole = conv(x)
+    >>> conv.out_groups = 4
+    >>> torch.allclose(conv(x), whole, atol=1e-6)
+    True
+    """
+
+    out_groups: int = 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.out_groups <= 1:
+            return super().forward(x)
+        # Slices of a multiple of 16 channels, the width of oneDNN's blocks.
+        size = -(-self.out_channels // self.out_groups)
+        size = -(-size // 16) * 16
+        weights = self.weight.split(size)
+        biases = self.bias.split(size) if self.bias is not None else [None] * len(weights)
+        return torch.cat(
+            [self._conv_forward(x, w, b) for w, b in zip(weights, biases, strict=True)], dim=1
+        )
 
 
 class BasicBlock(nn.Module):
@@ -27,10 +70,10 @@ class BasicBlock(nn.Module):
         self, in_planes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
     ) -> None:
         super().__init__()
-        self.conv1 = nn.Conv3d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.conv1 = Conv3d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm3d(planes)
         self.act = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv3d(planes, planes, 3, padding=1, bias=False)
+        self.conv2 = Conv3d(planes, planes, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm3d(planes)
         self.downsample = downsample
 
@@ -50,11 +93,11 @@ class Bottleneck(nn.Module):
         self, in_planes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
     ) -> None:
         super().__init__()
-        self.conv1 = nn.Conv3d(in_planes, planes, 1, bias=False)
+        self.conv1 = Conv3d(in_planes, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm3d(planes)
-        self.conv2 = nn.Conv3d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.conv2 = Conv3d(planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm3d(planes)
-        self.conv3 = nn.Conv3d(planes, planes * self.expansion, 1, bias=False)
+        self.conv3 = Conv3d(planes, planes * self.expansion, 1, bias=False)
         self.bn3 = nn.BatchNorm3d(planes * self.expansion)
         self.act = nn.ReLU(inplace=True)
         self.downsample = downsample
@@ -125,6 +168,11 @@ class ResNet3D(nn.Module):
     ----------
     out_features : int
         Length of the feature vector (4096 for FMCIB).
+    early_batch : int or None
+        In eval mode, the stem and the first stage (the layers with the largest
+        activations) take at most this many patches at a time; the later stages
+        take the whole batch. None: the whole batch throughout. Batch statistics are
+        not involved in eval mode, so each patch is computed as before.
 
     Examples
     --------
@@ -146,7 +194,7 @@ class ResNet3D(nn.Module):
         block, layers = ARCHITECTURES[config.arch]
         widths = [int(w * config.widen_factor) for w in (64, 128, 256, 512)]
         self._in_planes = widths[0]
-        self.conv1 = nn.Conv3d(1, widths[0], 7, stride=config.conv1_stride, padding=3, bias=False)
+        self.conv1 = Conv3d(1, widths[0], 7, stride=config.conv1_stride, padding=3, bias=False)
         self.bn1 = nn.BatchNorm3d(widths[0])
         self.act = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool3d(kernel_size=3, stride=2, padding=1)
@@ -170,7 +218,7 @@ class ResNet3D(nn.Module):
         downsample = None
         if stride != 1 or self._in_planes != out_planes:
             downsample = nn.Sequential(
-                nn.Conv3d(self._in_planes, out_planes, 1, stride=stride, bias=bias),
+                Conv3d(self._in_planes, out_planes, 1, stride=stride, bias=bias),
                 nn.BatchNorm3d(out_planes),
             )
         layers = [block(self._in_planes, planes, stride, downsample)]
@@ -178,11 +226,20 @@ class ResNet3D(nn.Module):
         layers += [block(out_planes, planes) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
+    early_batch: int | None = None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Encode a batch ``(N, 1, D, H, W)`` into features ``(N, out_features)``."""
-        x = self.maxpool(self.act(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        n = self.early_batch
+        if n and not self.training and x.shape[0] > n:
+            x = torch.cat([self._early(part) for part in x.split(n)])
+        else:
+            x = self._early(x)
+        x = self.layer4(self.layer3(self.layer2(x)))
         return torch.flatten(self.avgpool(x), 1)
+
+    def _early(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer1(self.maxpool(self.act(self.bn1(self.conv1(x)))))
 
 
 def build_encoder(config: EncoderConfig | dict | None = None) -> ResNet3D:
