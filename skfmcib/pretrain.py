@@ -777,13 +777,12 @@ def _pretrain(table, out, ddp, device, say, **kw) -> Path:
         weight_decay=run["weight_decay"],
     )
     scaler = torch.amp.GradScaler(device.type, enabled=kw["precision"] == "fp16")
-    generator = torch.Generator().manual_seed(seed + 7919 * ddp.rank)
+    generator = torch.Generator()
     epoch, history = 0, []
     if previous is not None:
         projector.load_state_dict(previous["projector_state_dict"])
         optimizer.load_state_dict(previous["optimizer_state_dict"])
         scaler.load_state_dict(previous["scaler_state_dict"])
-        generator.set_state(previous["generator_states"][ddp.rank])
         epoch, history = int(previous["epoch"]), list(previous["history"])
         done = " (complete; nothing to do)" if epoch >= epochs else ""
         say.line(f"resuming {out} after epoch {epoch}/{epochs}{done}")
@@ -818,6 +817,7 @@ def _pretrain(table, out, ddp, device, say, **kw) -> Path:
         tic = time.perf_counter()
         sampler.set_epoch(epoch)
         dataset.set_epoch(epoch)
+        generator.manual_seed(_augmentation_seed(seed, ddp.rank, epoch))
         loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, **loader_kw)
         model.train()
         losses = []
@@ -862,7 +862,6 @@ def _pretrain(table, out, ddp, device, say, **kw) -> Path:
             "time": time.perf_counter() - tic,
         }
         history.append(record)
-        states = _gather_generator_states(generator, ddp)
         if ddp.main:
             extra = {
                 "pretraining": {
@@ -872,7 +871,6 @@ def _pretrain(table, out, ddp, device, say, **kw) -> Path:
                     "projector_state_dict": _training.cpu_state_dict(projector),
                     "optimizer_state_dict": optimizer.state_dict(),
                     "scaler_state_dict": scaler.state_dict(),
-                    "generator_states": states,
                 }
             }
             save_checkpoint(encoder, out, extra=extra)
@@ -884,11 +882,33 @@ def _pretrain(table, out, ddp, device, say, **kw) -> Path:
     return out
 
 
-def _gather_generator_states(generator: torch.Generator, ddp: _Dist) -> list[torch.Tensor]:
-    """Every process's augmentation-generator state, in rank order."""
-    state = generator.get_state()
-    if ddp.world_size == 1:
-        return [state]
-    states: list[Any] = [None] * ddp.world_size
-    dist.all_gather_object(states, state)
-    return [torch.as_tensor(s) for s in states]
+def _augmentation_seed(seed: int, rank: int, epoch: int) -> int:
+    """The seed of one process's augmentation generator for one epoch.
+
+    Each process draws different views, and a resumed run draws the views an
+    uninterrupted one would, with no generator state to save or to exchange between
+    processes.
+
+    Parameters
+    ----------
+    seed : int
+        The run's seed (non-negative).
+    rank : int
+        The process's rank.
+    epoch : int
+        The epoch, from 0.
+
+    Returns
+    -------
+    int
+        A 32-bit seed mixed from the three (``numpy.random.SeedSequence``).
+
+    Examples
+    --------
+    >>> from skfmcib.pretrain import _augmentation_seed
+    >>> _augmentation_seed(0, 0, 0) == _augmentation_seed(0, 0, 0)
+    True
+    >>> len({_augmentation_seed(0, rank, epoch) for rank in range(2) for epoch in range(3)})
+    6
+    """
+    return int(np.random.SeedSequence([int(seed), int(rank), int(epoch)]).generate_state(1)[0])

@@ -14,11 +14,13 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from skfmcib import pretrain as pretrain_module
 from skfmcib.io import read_image
 from skfmcib.patches import extract_patch
 from skfmcib.pretrain import (
     LARS,
     SeedPairDataset,
+    _augmentation_seed,
     gather_with_grad,
     info_nce_loss,
     lars_param_groups,
@@ -197,6 +199,21 @@ def test_two_epochs_then_resume_equal_three_epochs_straight(seeds, tmp_path):
     assert not torch.equal(start.state_dict()["conv1.weight"], a.state_dict["conv1.weight"])
 
 
+def test_views_are_drawn_from_a_generator_seeded_per_epoch(seeds, tmp_path, monkeypatch):
+    seen = []
+    view = pretrain_module.contrastive_view
+
+    def recording(patches, generator):
+        seen.append(generator.initial_seed())
+        return view(patches, generator)
+
+    monkeypatch.setattr(pretrain_module, "contrastive_view", recording)
+    out = pretrain(seeds, tmp_path / "p.pt", epochs=2, **FAST)
+    assert sorted(set(seen)) == sorted(_augmentation_seed(0, 0, e) for e in (0, 1))
+    # nothing about the generator needs saving: a resumed run reseeds it
+    assert "generator_states" not in read_checkpoint(out).extra["pretraining"]
+
+
 def test_data_loading_workers_do_not_change_the_result(seeds, tmp_path):
     a = pretrain(seeds, tmp_path / "a.pt", epochs=1, **FAST)
     b = pretrain(seeds, tmp_path / "b.pt", epochs=1, num_workers=2, **FAST)
@@ -263,7 +280,16 @@ def test_gather_with_grad_is_identity_in_one_process():
 _DDP_SCRIPT = """
 import json, os, sys
 import pandas as pd, torch, torch.distributed as dist
+import skfmcib.pretrain
 from skfmcib.pretrain import gather_with_grad, pretrain
+
+# Record the seed of the generator each augmented view is drawn with.
+view_seeds = set()
+_view = skfmcib.pretrain.contrastive_view
+def _recording_view(patches, generator):
+    view_seeds.add(generator.initial_seed())
+    return _view(patches, generator)
+skfmcib.pretrain.contrastive_view = _recording_view
 
 dist.init_process_group("gloo")
 rank = dist.get_rank()
@@ -283,18 +309,21 @@ table = pd.read_csv(sys.argv[2])
 pretrain(table, os.path.join(sys.argv[1], "ddp.pt"), arch={"arch": "resnet10",
          "widen_factor": 0.125}, epochs=1, batch_size=1, device="cpu", random_state=0,
          progress=False)
+report["view_seeds"] = sorted(view_seeds)
 with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as fh:
     json.dump(report, fh)
 dist.destroy_process_group()
 """
 
 
-# A process may abort while exiting, after all its work is written (1 to 3 in a few
+# A process could abort while exiting, after all its work was written (1 to 3 in a few
 # hundred runs on a busy 2-core machine): torch keeps gloo's worker threads alive after
-# destroy_process_group when DistributedDataParallel was used, and a worker that frees a
-# gathered tensor made in Python after the interpreter has begun to exit aborts the
-# process (seen in core dumps). One more launch is allowed for exactly that: a C++ abort
-# with every rank's report and the checkpoint on disk.
+# destroy_process_group when DistributedDataParallel was used, and a worker that freed a
+# gathered tensor made in Python after the interpreter had begun to exit aborted the
+# process (seen in core dumps: the gather of the generator states held by the last
+# barrier). pretrain no longer gathers anything at the end of an epoch; one more launch
+# is still allowed for exactly that abort: a C++ abort with every rank's report and the
+# checkpoint on disk.
 _GLOO_TEARDOWN_ABORT = "terminate called without an active exception"
 
 
@@ -331,9 +360,10 @@ def test_two_process_gloo_run_gathers_with_gradients_and_trains(seeds, tmp_path)
         assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == {
             "gathered": True,
             "grad": True,
+            # each process augments differently, from (seed, rank, epoch)
+            "view_seeds": [_augmentation_seed(0, rank, 0)],
         }
+    assert _augmentation_seed(0, 0, 0) != _augmentation_seed(0, 1, 0)
     state = read_checkpoint(tmp_path / "ddp.pt").extra["pretraining"]
     assert state["run"]["world_size"] == 2 and state["run"]["lr"] == pytest.approx(0.3 * 2 / 256)
-    first, second = state["generator_states"]
-    assert not torch.equal(first, second)  # each process augments differently
     assert state["history"][0]["epoch"] == 1
