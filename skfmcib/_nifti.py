@@ -139,7 +139,7 @@ def read_layout(path: str | Path) -> NiftiLayout | None:
         return None
     slope, intercept = (float(v) if math.isfinite(v) else 0.0 for v in (h.scl_slope, h.scl_inter))
     if abs(slope) < np.finfo(np.float64).eps:
-        slope, intercept = 1.0, intercept
+        slope = 1.0  # ITK's reading of a zero slope (the intercept still applies)
     stored = np.dtype(_DTYPES[h.datatype]).newbyteorder(order)
     return NiftiLayout(
         size=size,

@@ -108,7 +108,9 @@ def _assert_like_simpleitk(path: Path) -> str:
 @pytest.mark.parametrize("order", ["<", ">"])
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
 @pytest.mark.parametrize("dtype", sorted(set(DTYPES.values())))
-@pytest.mark.parametrize("scaling", [(0.0, 0.0), (1.0, 0.0), (1.0, -1024.0), (0.37, 3.5)])
+@pytest.mark.parametrize(
+    "scaling", [(0.0, 0.0), (0.0, 5.0), (1.0, 0.0), (1.0, -1024.0), (0.37, 3.5)]
+)
 def test_every_type_and_scaling_reads_like_simpleitk(tmp_path, order, suffix, dtype, scaling):
     rng = np.random.default_rng(0)
     info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
