@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+import tempfile
 import threading
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -307,6 +310,37 @@ def _sitk():
     return SimpleITK
 
 
+class _ItkName:
+    """The name to give SimpleITK for an image file.
+
+    Under SimpleITK's NIfTI reader, nifti_clib looks for ``<stem>.nii`` before
+    ``<stem>.nii.gz`` whatever name it is given: with both beside each other, reading
+    ``ct.nii.gz`` would give ``ct.nii``'s header and voxels. Such a file is given to
+    SimpleITK as a link in a private temporary folder, kept while this object lives.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.name = str(path)
+        if not path.name.lower().endswith(".nii.gz"):
+            return
+        stem = path.name[: -len(".nii.gz")]
+        shadow = [path.parent / (stem + ext) for ext in (".nii", ".NII")]
+        if not any(p.is_file() for p in shadow):
+            return
+        folder = tempfile.mkdtemp(prefix="skfmcib-")
+        weakref.finalize(self, shutil.rmtree, folder, ignore_errors=True)
+        link = Path(folder) / "image.nii.gz"
+        try:
+            os.symlink(path.resolve(), link)
+        except OSError as exc:
+            raise ImageReadError(
+                f"{path}: {stem}.nii lies beside it, which SimpleITK's NIfTI reader would "
+                f"read instead, and no link to the file could be made ({exc}); move one of "
+                "the two"
+            ) from exc
+        self.name = str(link)
+
+
 def _first_line(exc: Exception) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     # ITK messages end with the useful description.
@@ -360,7 +394,8 @@ def read_image(path: str | os.PathLike, series_uid: str | None = None) -> Volume
             _check_series_gaps(path, reader, image)
         else:
             _check_gzip_complete(path)
-            image = _sitk().ReadImage(str(path))
+            itk_name = _ItkName(path)  # kept alive while SimpleITK reads
+            image = _sitk().ReadImage(itk_name.name)
     except RuntimeError as exc:
         raise ImageReadError(f"{path}: cannot read image ({_first_line(exc)})") from exc
     _check_3d_scalar(
@@ -506,15 +541,18 @@ class _StreamSource(ImageSource):
 
     strategy = "stream"
 
-    def __init__(self, path: str, geometry: Geometry, io_name: str, sequential: bool) -> None:
+    def __init__(
+        self, path: str, geometry: Geometry, io_name: str, sequential: bool, itk_name: _ItkName
+    ) -> None:
         super().__init__(path, geometry)
         self._io_name = io_name
         self.sequential = sequential
+        self._itk_name = itk_name
 
     def _read(self, lo, hi):
         reader = _sitk().ImageFileReader()
         reader.SetImageIO(self._io_name)
-        reader.SetFileName(self.path)
+        reader.SetFileName(self._itk_name.name)
         reader.SetExtractIndex([int(v) for v in lo])
         reader.SetExtractSize([int(v) for v in hi - lo])
         try:
@@ -908,8 +946,9 @@ def open_image(path: str | os.PathLike, series_uid: str | None = None) -> ImageS
             _check_3d_scalar(str(path), 3, 1, layout.size)
             geometry = Geometry(layout.size, layout.origin, layout.spacing, layout.direction)
             return _NiftiSource(str(path), geometry, layout)
+    itk_name = _ItkName(path)
     reader = _sitk().ImageFileReader()
-    reader.SetFileName(str(path))
+    reader.SetFileName(itk_name.name)
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
@@ -925,7 +964,7 @@ def open_image(path: str | os.PathLike, series_uid: str | None = None) -> ImageS
             return _RawSource(str(path), geometry, *layout)
     elif io_name in ("NiftiImageIO", "MetaImageIO"):
         compressed = path.name.lower().endswith(".gz") or _meta_compressed(path)
-        return _StreamSource(str(path), geometry, io_name, compressed)
+        return _StreamSource(str(path), geometry, io_name, compressed, itk_name)
     return _WholeSource(str(path), geometry)
 
 

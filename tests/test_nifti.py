@@ -277,3 +277,28 @@ def test_extracting_patches_from_nifti_does_not_import_simpleitk(tmp_path):
     # The same patch as from the compressed copy, which SimpleITK reads.
     gz = load_patches(table.assign(image_path=str(tmp_path / "ct.nii.gz")))
     np.testing.assert_array_equal(np.load(tmp_path / "patches.npy"), gz)
+
+
+def test_a_compressed_file_beside_its_uncompressed_twin_is_read_itself(tmp_path):
+    # nifti_clib, under SimpleITK, looks for ct.nii before ct.nii.gz whatever name it is
+    # given; skfmcib reads the file named.
+    write_image(tmp_path / "ct.nii", np.zeros((6, 7, 8), np.int16), (1.0, 1.0, 1.0))
+    gz = write_image(
+        tmp_path / "ct.nii.gz",
+        np.full((6, 7, 8), -500, np.int16),
+        (0.5, 0.5, 2.0),
+        (3.0, 4.0, 5.0),
+    )
+    volume = read_image(gz)
+    assert volume.array.min() == volume.array.max() == -500
+    assert tuple(volume.geometry.spacing) == (0.5, 0.5, 2.0)
+    with open_image(gz) as source:
+        assert source.strategy == "stream"
+        assert tuple(source.geometry.origin) == (3.0, 4.0, 5.0)
+        assert (source.read_region((1, 1, 1), (5, 4, 3)) == -500).all()
+    with open_image(tmp_path / "ct.nii") as source:
+        assert source.read().array.max() == 0
+    patches = load_patches(
+        pd.DataFrame({"image_path": [str(gz)], "coordX": [4.5], "coordY": [5.5], "coordZ": [10.0]})
+    )
+    assert patches.max() == np.float32((-500 + 1024) / 3072)
