@@ -239,7 +239,21 @@ class ResNet3D(nn.Module):
         return torch.flatten(self.avgpool(x), 1)
 
     def _early(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer1(self.maxpool(self.act(self.bn1(self.conv1(x)))))
+        return self.layer1(self._pool(self.act(self.bn1(self.conv1(x)))))
+
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and x.is_contiguous() and not _needs_grad(x):
+            # torch's CPU max pooling is vectorised over channels only in the
+            # channels-last layout: about 3x faster here, the two copies included.
+            # A maximum is the same in any layout. Passes that need gradients (the
+            # backward kernel of that layout is not measured) keep the plain one.
+            x = self.maxpool(x.contiguous(memory_format=torch.channels_last_3d))
+            return x.contiguous()
+        return self.maxpool(x)
+
+
+def _needs_grad(x: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and x.requires_grad
 
 
 def build_encoder(config: EncoderConfig | dict | None = None) -> ResNet3D:
