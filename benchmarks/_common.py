@@ -113,12 +113,28 @@ def _source_ct(seed: int = 0):
 
 
 def build_scans(workdir: Path, n_scans: int = 4, ext: str = "nii.gz") -> tuple[list[Path], str]:
-    """Full-size CTs (resampled to ``SPACING``, CT noise added), cached in ``workdir``."""
+    """Full-size CTs (resampled to ``SPACING``, CT noise added), cached in ``workdir``.
+
+    ``.nii.gz`` scans are kept in ``workdir``, other formats in a folder of their own:
+    SimpleITK's NIfTI reader (nifti_clib, under the reference package) opens
+    ``ct0.nii`` when asked for ``ct0.nii.gz`` if both lie in one folder, so the
+    reference would read the uncompressed twin.
+    """
     import SimpleITK as sitk
 
-    workdir.mkdir(parents=True, exist_ok=True)
-    paths = [workdir / f"ct{k}.{ext}" for k in range(n_scans)]
-    stamp = workdir / f"scans.{ext}.json"
+    folder = workdir if ext == "nii.gz" else workdir / ext
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"ct{k}.{ext}" for k in range(n_scans)]
+    if ext == "nii.gz":
+        twins = [p.with_suffix("") for p in paths if p.with_suffix("").exists()]
+        if twins:
+            raise SystemExit(
+                f"{twins[0]} lies beside {paths[0].name}: SimpleITK's NIfTI reader (under "
+                "the reference package) would read it instead of the compressed scan. "
+                f"Remove the uncompressed ct*.nii files from {workdir} (earlier versions "
+                "of this script wrote them there; they now go to its nii/ folder)."
+            )
+    stamp = folder / f"scans.{ext}.json"
     if stamp.exists() and all(p.exists() for p in paths):
         return paths, json.loads(stamp.read_text())["source"]
     src, kind = _source_ct()
