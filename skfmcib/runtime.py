@@ -96,10 +96,10 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 def _memory_format(device: torch.device, precision: str) -> torch.memory_format:
     # Reduced precision runs channels-last (oneDNN's bf16 kernels, tensor cores), as
-    # does CUDA. fp32 on the CPU keeps the checkpoint's layout: channels-last runs the
-    # encoder alone about 10 % faster there, but converting the weights costs about as
-    # much on a lesion table of a dozen rows, and its activations take ~50 MB more at
-    # the peak (benchmarks/encoder.py, docs/performance.md).
+    # does CUDA. fp32 on the CPU keeps the checkpoint's layout: closer to the
+    # reference's features (channels-last: 1.3e-6 relative instead of 5.5e-7), no
+    # weight conversion at load, ~50 MB less at the peak, and with the encoder's
+    # channels-last max pooling no slower (benchmarks/encoder.py, docs/performance.md).
     if precision != "fp32" or device.type == "cuda":
         return torch.channels_last_3d
     return torch.contiguous_format
