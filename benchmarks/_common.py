@@ -129,7 +129,7 @@ def build_scans(workdir: Path, n_scans: int = 4, ext: str = "nii.gz") -> tuple[l
         twins = [p.with_suffix("") for p in paths if p.with_suffix("").exists()]
         if twins:
             raise SystemExit(
-                f"{twins[0]} lies beside {paths[0].name}: SimpleITK's NIfTI reader (under "
+                f"{twins[0]} lies beside {twins[0].name}.gz: SimpleITK's NIfTI reader (under "
                 "the reference package) would read it instead of the compressed scan. "
                 f"Remove the uncompressed ct*.nii files from {workdir} (earlier versions "
                 "of this script wrote them there; they now go to its nii/ folder)."
