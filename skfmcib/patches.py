@@ -240,9 +240,15 @@ _UNION_VOXELS = 32 * 2**20
 
 
 def _union_groups(plans: list) -> list[tuple[np.ndarray, np.ndarray, list]]:
-    """Group plans (ordered by their first slice) into union boxes of bounded size."""
+    """Group plans into union boxes of bounded size, cheapest pass first.
+
+    A pass inflates the file from its start up to the union's last slice. Groups are
+    filled from the top slice down, so that the pass every grouping needs (up to the
+    top lesion's last slice) takes as many lesions as it can hold and what is left
+    over lies lower in the file; they are read in the order of their last slice.
+    """
     groups: list[tuple[np.ndarray, np.ndarray, list]] = []
-    for item in sorted(plans, key=lambda item: int(item[2].lo[2])):
+    for item in sorted(plans, key=lambda item: -int(item[2].hi[2])):
         plan = item[2]
         if groups:
             lo, hi, members = groups[-1]
@@ -251,7 +257,7 @@ def _union_groups(plans: list) -> list[tuple[np.ndarray, np.ndarray, list]]:
                 groups[-1] = (new_lo, new_hi, [*members, item])
                 continue
         groups.append((plan.lo, plan.hi, [item]))
-    return groups
+    return groups[::-1]
 
 
 def extract_patch(volume: Volume | _Voxels, seed_lps: np.ndarray) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import struct
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -111,6 +112,29 @@ def test_lesions_of_a_gzipped_image_come_from_one_read(tmp_path, monkeypatch):
     volume = read_image(path)
     for i, seed in enumerate(seeds):
         np.testing.assert_array_equal(patches[i, 0], extract_patch(volume, seed))
+
+
+def test_union_boxes_fill_the_top_pass_first(monkeypatch):
+    import skfmcib.patches as patches_mod
+
+    monkeypatch.setattr(patches_mod, "_UNION_VOXELS", 10 * 10 * 60)
+
+    def plan(z0, z1):
+        return SimpleNamespace(lo=np.array([0, 0, z0]), hi=np.array([10, 10, z1]))
+
+    # Five lesions; any grouping needs a pass up to slice 100. Filled from the bottom
+    # up, the passes would end at slices 55 and 100; from the top down, at 30 and 100.
+    plans = [(i, f"row {i}", plan(*z)) for i, z in
+             enumerate([(0, 20), (10, 30), (40, 55), (50, 80), (70, 100)])]  # fmt: skip
+    groups = patches_mod._union_groups(plans)
+    assert [int(hi[2]) for _, hi, _ in groups] == [30, 100]
+    assert [sorted(pos for pos, _, _ in members) for _, _, members in groups] == [
+        [0, 1], [2, 3, 4]
+    ]  # fmt: skip
+    for lo, hi, members in groups:
+        assert np.prod(hi - lo) <= patches_mod._UNION_VOXELS
+        for _, _, p in members:
+            assert (lo <= p.lo).all() and (p.hi <= hi).all()
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.float32, np.float64])
