@@ -1,22 +1,21 @@
-"""Uncompressed NIfTI-1 files without SimpleITK: the header and values as ITK reads them.
+"""NIfTI-1 files without SimpleITK: the header and values as ITK reads them.
 
 Most CT scans in NIfTI are one file holding a 3D volume of integers or floats placed by
-a qform and/or an sform. For an uncompressed one (``.nii``), :func:`read_layout` parses
+a qform and/or an sform. For such a file (``.nii``, or ``.nii.gz`` inflated by
+:mod:`skfmcib._inflate`), :func:`read_layout` parses
 the 348-byte header with :mod:`struct` and computes the geometry exactly as SimpleITK's
 reader (ITK 5.4's ``NiftiImageIO`` over nifti_clib) does: the qform matrix from its
 quaternion in single precision, ITK's choice between qform and sform, the RAS to LPS
 flip, direction columns normalised in double precision, spacing from ``pixdim``.
-:mod:`skfmcib.io` then reads the rows of a box at their byte offsets, and
+:mod:`skfmcib.io` then reads the rows of a box at their byte offsets (a ``.nii``) or
+while inflating the file once for all the boxes asked together (a ``.nii.gz``), and
 :func:`scaled` gives them the values SimpleITK gives.
 
 Where ITK's choice depends on details this module does not reproduce (both transforms
 set, different, and the sform not the scanner's; neither set; non-positive voxel
 sizes; units other than millimetres; vector, 4D or NIfTI-2 images; a transform at the
 edge of ITK's tolerance), :func:`read_layout` returns None and the caller reads the file
-with SimpleITK. Compressed files (``.nii.gz``) are left to SimpleITK too: its zlib-ng
-inflates faster than the system's zlib 1.2.13 here (the benchmark's 12 lesions: 1.52 s
-of CPU against 1.74 s), which outweighs, for speed, what not importing SimpleITK saves
-(about 100 MB of memory and 0.1 s per process; measured in ``docs/performance.md``).
+with SimpleITK, as it does gzipped files where the ``isal`` package is not installed.
 """
 
 from __future__ import annotations
@@ -27,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from . import _inflate
 
 # NIfTI datatype codes ITK reads as a scalar of the same type.
 _DTYPES = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2", 768: "u4"}
@@ -81,14 +82,14 @@ def read_layout(path: str | Path) -> NiftiLayout | None:
     Parameters
     ----------
     path : str or path-like
-        A ``.nii`` file.
+        A ``.nii`` file, or a ``.nii.gz`` file (its content's header).
 
     Returns
     -------
     NiftiLayout or None
-        None when the file is not an uncompressed single-file NIfTI-1 3D scalar
-        volume whose geometry this module computes exactly as ITK does (see the
-        module's text).
+        None when the file is not a single-file NIfTI-1 3D scalar volume whose
+        geometry this module computes exactly as ITK does (see the module's text),
+        or is gzipped where the ``isal`` package is not installed.
 
     Examples
     --------
@@ -103,11 +104,10 @@ def read_layout(path: str | Path) -> NiftiLayout | None:
     ((6, 5, 4), [-10.0, 20.0, 5.0], '<i2')
     """
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(_HEADER_BYTES)
+        raw = _header_bytes(str(path))
     except OSError:
         return None  # SimpleITK reports what is wrong
-    if len(raw) < _HEADER_BYTES or raw[344:348] != b"n+1\x00":
+    if raw is None or len(raw) < _HEADER_BYTES or raw[344:348] != b"n+1\x00":
         return None
     for order in "<>":
         if struct.unpack(order + "i", raw[:4])[0] == _HEADER_BYTES:
@@ -151,6 +151,17 @@ def read_layout(path: str | Path) -> NiftiLayout | None:
         slope=slope,
         intercept=intercept,
     )
+
+
+def _header_bytes(path: str) -> bytes | None:
+    """The first 348 bytes of a ``.nii`` file, or of a ``.nii.gz`` file's content."""
+    if not path.lower().endswith(".gz"):
+        with open(path, "rb") as fh:
+            return fh.read(_HEADER_BYTES)
+    if not _inflate.available():
+        return None
+    with _inflate.GzipStream(path) as stream:
+        return stream.read(_HEADER_BYTES)
 
 
 class _Header:

@@ -9,10 +9,11 @@ read as a DICOM series.
 A lesion needs only the voxels around it. :func:`open_image` reads an image's
 header and returns an :class:`ImageSource` whose :meth:`~ImageSource.read_region`
 reads one box of voxels: uncompressed NIfTI (``.nii``) and raw NRRD files are read
-at byte offsets (without importing SimpleITK, see :mod:`skfmcib._nifti`),
-``.nii.gz`` and MetaImage files are streamed by SimpleITK, and a DICOM series reads
-every header but the pixel data of the slices in the box only. Other files are read
-whole, once.
+at byte offsets and ``.nii.gz`` files inflated up to the box's last slice, once for
+all the boxes asked together (both without importing SimpleITK, see
+:mod:`skfmcib._nifti`), MetaImage files are streamed by SimpleITK, and a DICOM series
+reads every header but the pixel data of the slices in the box only. Other files are
+read whole, once.
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ import tempfile
 import threading
 import weakref
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import _nifti
+from . import _inflate, _nifti
 from ._files import file_state
 
 if TYPE_CHECKING:
@@ -436,8 +438,10 @@ class ImageSource:
         Where the voxels are, in LPS millimetres.
     strategy : str
         How voxels are read: ``"stream"`` (SimpleITK reads only the box),
-        ``"raw"`` (byte ranges of an uncompressed file), ``"dicom"`` (the slices the
-        box touches), or ``"whole"`` (the whole image, once, kept in memory).
+        ``"raw"`` (byte ranges of an uncompressed file), ``"inflate"`` (a gzipped
+        NIfTI inflated up to the box's last slice, see :meth:`iter_regions`),
+        ``"dicom"`` (the slices the box touches), or ``"whole"`` (the whole image,
+        once, kept in memory).
     files_read : list of str
         Files whose voxel data were read, one entry per read, in order (a DICOM
         slice still in the source's slice cache is not read again).
@@ -484,6 +488,28 @@ class ImageSource:
         """
         lo, hi = _check_box(self.geometry, lo, hi)
         return self._read(lo, hi)
+
+    def iter_regions(self, boxes) -> Iterator[tuple[int, np.ndarray]]:
+        """Read several index boxes; yield ``(k, voxels)`` for the ``k``-th box.
+
+        A gzipped NIfTI read without SimpleITK (``strategy == "inflate"``) is
+        inflated once for all the boxes, and each box is yielded as soon as its last
+        slice has been inflated (in the order of the boxes' last slices); other
+        sources read the boxes one by one, in the order given.
+
+        Parameters
+        ----------
+        boxes : iterable of (lo, hi)
+            Index boxes as for :meth:`read_region`.
+
+        Yields
+        ------
+        (int, ndarray)
+            The box's position in ``boxes`` and its voxels, as :meth:`read_region`
+            gives them.
+        """
+        for k, (lo, hi) in enumerate(boxes):
+            yield k, self.read_region(lo, hi)
 
     def read(self) -> Volume:
         """Read the whole image into a :class:`Volume`."""
@@ -608,6 +634,71 @@ class _NiftiSource(_RawSource):
 
     def _read(self, lo, hi):
         return _nifti.scaled(super()._read(lo, hi), self._layout)
+
+
+# Bytes inflated at a time: whole slices, about one GIL round trip each (see _inflate).
+_INFLATE_BYTES = 16 * 2**20
+
+
+class _NiftiGzSource(ImageSource):
+    """A gzipped NIfTI-1 file read without SimpleITK: inflated from its start (ISA-L
+    through :mod:`skfmcib._inflate`) up to the last slice asked for, once for all the
+    boxes asked together, each box cut from the slices as they pass and scaled as ITK
+    scales it (see :mod:`skfmcib._nifti`). A read that reaches the last slice also
+    inflates the file's end, where gzip's check sums find corrupt data."""
+
+    strategy = "inflate"
+    sequential = True
+
+    def __init__(self, path: str, geometry: Geometry, layout: _nifti.NiftiLayout) -> None:
+        super().__init__(path, geometry)
+        self._layout = layout
+
+    def _read(self, lo, hi):
+        ((_, voxels),) = self.iter_regions([(lo, hi)])
+        return voxels
+
+    def iter_regions(self, boxes) -> Iterator[tuple[int, np.ndarray]]:
+        boxes = [_check_box(self.geometry, lo, hi) for lo, hi in boxes]
+        if not boxes:
+            return
+        nx, ny, _ = self.geometry.size
+        stored = self._layout.stored
+        plane = nx * ny * stored.itemsize
+        first = min(int(lo[2]) for lo, _ in boxes)
+        last = max(int(hi[2]) for _, hi in boxes)
+        outs: list[np.ndarray | None] = [
+            np.empty(tuple(int(v) for v in (hi - lo)[::-1]), dtype=stored) for lo, hi in boxes
+        ]
+        waiting = sorted(range(len(boxes)), key=lambda k: int(boxes[k][1][2]))
+        per_call = max(1, _INFLATE_BYTES // plane)
+        try:
+            with _inflate.GzipStream(self.path) as stream:
+                self._record(self.path)
+                stream.skip(self._layout.offset + first * plane)
+                z = first
+                while z < last:
+                    n = min(per_call, last - z)
+                    data = stream.read(n * plane)
+                    if len(data) < n * plane:
+                        raise _inflate.GzipError("file is shorter than its header says")
+                    slab = np.frombuffer(data, dtype=stored).reshape(n, ny, nx)
+                    for out, (lo, hi) in zip(outs, boxes, strict=True):
+                        a, b = max(z, int(lo[2])), min(z + n, int(hi[2]))
+                        if out is not None and a < b:
+                            out[a - lo[2] : b - lo[2]] = slab[
+                                a - z : b - z, lo[1] : hi[1], lo[0] : hi[0]
+                            ]
+                    z += n
+                    if z == self.geometry.size[2]:
+                        stream.finish()  # the gzip check sums, before the last boxes
+                    while waiting and boxes[waiting[0]][1][2] <= z:
+                        k = waiting.pop(0)
+                        voxels, outs[k] = outs[k], None
+                        native = voxels.astype(stored.newbyteorder("="), copy=False)
+                        yield k, _nifti.scaled(native, self._layout)
+        except OSError as exc:
+            raise ImageReadError(f"{self.path}: cannot read image ({exc})") from exc
 
 
 _NRRD_TYPES = {
@@ -940,11 +1031,13 @@ def open_image(path: str | os.PathLike, series_uid: str | None = None) -> ImageS
     if path.is_dir():
         return _open_dicom_directory(path, series_uid)
     _check_gzip_complete(path)
-    if path.name.lower().endswith(".nii"):
+    if path.name.lower().endswith((".nii", ".nii.gz")):
         layout = _nifti.read_layout(path)
         if layout is not None:
             _check_3d_scalar(str(path), 3, 1, layout.size)
             geometry = Geometry(layout.size, layout.origin, layout.spacing, layout.direction)
+            if path.name.lower().endswith(".gz"):
+                return _NiftiGzSource(str(path), geometry, layout)
             return _NiftiSource(str(path), geometry, layout)
     itk_name = _ItkName(path)
     reader = _sitk().ImageFileReader()

@@ -239,6 +239,22 @@ class _Block:
 _UNION_VOXELS = 32 * 2**20
 
 
+def _one_pass(source, plans: list, failed) -> Iterator[tuple[int, np.ndarray | RowError]]:
+    """Patches of a source inflated once for all its lesions' boxes, as they come."""
+    done = set()
+    try:
+        for k, hu in source.iter_regions([(plan.lo, plan.hi) for _, _, plan in plans]):
+            pos, _, plan = plans[k]
+            done.add(k)
+            yield pos, _interpolate(hu, plan).astype(np.float32)
+            del hu
+    except ImageReadError as exc:
+        for k, (pos, label, _) in enumerate(plans):
+            if k not in done:
+                yield failed(pos, label, exc)
+    release_free_memory()  # the boxes' voxels, before the encoder's next batch
+
+
 def _union_groups(plans: list) -> list[tuple[np.ndarray, np.ndarray, list]]:
     """Group plans into union boxes of bounded size, cheapest pass first.
 
@@ -414,6 +430,9 @@ def _image_patches(job: _ImageJob) -> Iterator[tuple[int, np.ndarray | RowError]
             else:
                 start = patch_grid(source.geometry, seed).start
                 plans.append((pos, label, _sample_plan(source.geometry, start)))
+        if source.strategy == "inflate":
+            yield from _one_pass(source, plans, failed)
+            return
         if source.sequential:
             # Each read of this file decompresses it from the start: read the lesions'
             # boxes as a few union boxes, one pass each.

@@ -1,4 +1,4 @@
-"""Uncompressed NIfTI files read without SimpleITK give exactly SimpleITK's geometry and voxels."""
+"""NIfTI files read without SimpleITK give exactly SimpleITK's geometry and voxels."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ import pytest
 import SimpleITK as sitk
 from conftest import rotation, write_image
 
-from skfmcib import load_patches
 from skfmcib._nifti import read_layout
 from skfmcib.io import ImageReadError, open_image, read_image
+from skfmcib.patches import extract_patch, iter_patches
+from skfmcib.table import RowError
 
 DTYPES = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2", 768: "u4"}
 
@@ -126,8 +127,7 @@ def test_every_type_and_scaling_reads_like_simpleitk(tmp_path, order, suffix, dt
         inter=scaling[1],
         order=order,
     )
-    # .nii.gz files are SimpleITK's to read (its zlib-ng inflates faster).
-    assert _assert_like_simpleitk(path) == ("stream" if suffix == ".nii.gz" else "raw")
+    assert _assert_like_simpleitk(path) == ("inflate" if suffix == ".nii.gz" else "raw")
 
 
 def test_random_headers_read_like_simpleitk(tmp_path):
@@ -156,8 +156,9 @@ def test_random_headers_read_like_simpleitk(tmp_path):
         elif kind == 3:
             srow[0, 1] += 0.3  # sheared
         codes = [(1, 1), (1, 0), (0, 1), (0, 2), (2, 2), (1, 4), (2, 1)][i % 7]
+        gz = i % 4 == 1
         path = write_nifti(
-            tmp_path / f"r{i}.nii",
+            tmp_path / f"r{i}.nii{'.gz' if gz else ''}",
             rng.integers(-1024, 3000, (5, 6, 7)).astype(np.int16),
             spacing=spacing,
             quatern=(*bcd, *offset),
@@ -180,6 +181,7 @@ def test_random_headers_read_like_simpleitk(tmp_path):
             fallback += 1
             assert strategy == "stream"
             continue
+        assert strategy == ("inflate" if gz else "raw")
         native["sform" if codes[1] and (codes[0] == 0 or codes[1] == 1) else "qform"] += 1
         native["oblique"] += bool(i % 3)
     assert min(native.values()) >= 15, native
@@ -257,8 +259,8 @@ def test_extracting_patches_from_nifti_does_not_import_simpleitk(tmp_path):
     for suffix in ("nii", "nii.gz"):
         write_image(tmp_path / f"ct.{suffix}", hu, (0.8, 0.8, 1.5), (-20.0, -20.0, 0.0))
     table = pd.DataFrame(
-        {"image_path": [str(tmp_path / "ct.nii")], "coordX": [3.0], "coordY": [4.0],
-         "coordZ": [30.0]}
+        {"image_path": [str(tmp_path / "ct.nii"), str(tmp_path / "ct.nii.gz")],
+         "coordX": [3.0, -5.0], "coordY": [4.0, 10.0], "coordZ": [30.0, 20.0]}
     )  # fmt: skip
     table.to_csv(tmp_path / "table.csv", index=False)
     script = textwrap.dedent(
@@ -274,14 +276,17 @@ def test_extracting_patches_from_nifti_does_not_import_simpleitk(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
-    # The same patch as from the compressed copy, which SimpleITK reads.
-    gz = load_patches(table.assign(image_path=str(tmp_path / "ct.nii.gz")))
-    np.testing.assert_array_equal(np.load(tmp_path / "patches.npy"), gz)
+    # The patches cut from the volumes SimpleITK reads.
+    want = [
+        extract_patch(read_image(row.image_path), np.array([row.coordX, row.coordY, row.coordZ]))
+        for row in table.itertuples()
+    ]
+    np.testing.assert_array_equal(np.load(tmp_path / "patches.npy"), np.stack(want)[:, None])
 
 
 def test_a_compressed_file_beside_its_uncompressed_twin_is_read_itself(tmp_path):
     # nifti_clib, under SimpleITK, looks for ct.nii before ct.nii.gz whatever name it is
-    # given; skfmcib reads the file named.
+    # given; skfmcib reads the file named, inflating it itself or through SimpleITK.
     write_image(tmp_path / "ct.nii", np.zeros((6, 7, 8), np.int16), (1.0, 1.0, 1.0))
     gz = write_image(
         tmp_path / "ct.nii.gz",
@@ -293,12 +298,84 @@ def test_a_compressed_file_beside_its_uncompressed_twin_is_read_itself(tmp_path)
     assert volume.array.min() == volume.array.max() == -500
     assert tuple(volume.geometry.spacing) == (0.5, 0.5, 2.0)
     with open_image(gz) as source:
-        assert source.strategy == "stream"
+        assert source.strategy == "inflate"
         assert tuple(source.geometry.origin) == (3.0, 4.0, 5.0)
         assert (source.read_region((1, 1, 1), (5, 4, 3)) == -500).all()
     with open_image(tmp_path / "ct.nii") as source:
         assert source.read().array.max() == 0
-    patches = load_patches(
-        pd.DataFrame({"image_path": [str(gz)], "coordX": [4.5], "coordY": [5.5], "coordZ": [10.0]})
-    )
-    assert patches.max() == np.float32((-500 + 1024) / 3072)
+    # A header SimpleITK decides (two different transforms): streamed through a link.
+    srow = np.c_[np.eye(3), (4.0, 5.0, 6.0)]
+    q = (0.0, 0.0, 0.0, 1.0, 2.0, 3.0)
+    two = {"quatern": q, "srow": srow, "qform_code": 1, "sform_code": 2}
+    write_nifti(tmp_path / "two.nii", np.zeros((6, 7, 8), np.int16), **two)
+    gz = write_nifti(tmp_path / "two.nii.gz", np.full((6, 7, 8), 7, np.int16), **two)
+    with open_image(gz) as source:
+        assert source.strategy == "stream"
+        assert (source.read_region((1, 1, 1), (5, 4, 3)) == 7).all()
+
+
+def _gz_scan(tmp_path, name="ct.nii.gz", shape=(60, 50, 40)):
+    hu = np.random.default_rng(5).integers(-1024, 2000, shape).astype(np.int16)
+    path = write_nifti(
+        tmp_path / name, hu, spacing=(0.8, 0.8, 1.5), quatern=(0, 0, 0, -20.0, -20.0, 0.0),
+        qform_code=1,
+    )  # fmt: skip
+    return path, hu
+
+
+def test_gzipped_boxes_come_from_one_pass_in_the_order_of_their_last_slice(tmp_path):
+    path, hu = _gz_scan(tmp_path)
+    boxes = [((0, 0, 30), (10, 12, 55)), ((5, 6, 2), (30, 40, 9)), ((1, 2, 20), (3, 4, 21))]
+    with open_image(path) as source:
+        assert source.strategy == "inflate"
+        got = list(source.iter_regions(boxes))
+        assert source.files_read == [str(path)]  # one pass through the file
+    assert [k for k, _ in got] == [1, 2, 0]
+    for k, voxels in got:
+        (x0, y0, z0), (x1, y1, z1) = boxes[k]
+        np.testing.assert_array_equal(voxels, hu[z0:z1, y0:y1, x0:x1])
+
+
+def test_gzip_members_written_one_after_another(tmp_path):
+    path, hu = _gz_scan(tmp_path)
+    content = gzip.decompress(path.read_bytes())
+    cut = len(content) // 3
+    path.write_bytes(gzip.compress(content[:cut]) + gzip.compress(content[cut:]))
+    assert _assert_like_simpleitk(path) == "inflate"
+
+
+@pytest.mark.parametrize("fill, found", [(b"\xff", "Invalid deflate block"), (b"\0", "check")])
+def test_corrupt_compressed_data_names_the_file_and_spares_the_lesions_before_it(
+    tmp_path, monkeypatch, fill, found
+):
+    from skfmcib import io
+
+    path, hu = _gz_scan(tmp_path, "bad.nii.gz")
+    monkeypatch.setattr(io, "_INFLATE_BYTES", 8 * 50 * 40 * 2)  # 8 slices a call
+    data = bytearray(path.read_bytes())
+    at = len(data) * 3 // 4
+    data[at : at + 64] = fill * 64  # the end (and the size it records) intact
+    path.write_bytes(bytes(data))
+    with open_image(path) as source:
+        np.testing.assert_array_equal(source.read_region((0, 0, 0), (40, 50, 5)), hu[:5])
+        # Found on the way (a broken block), or by the check sums at the end.
+        with pytest.raises(ImageReadError, match=f"bad.nii.gz.*corrupt.*{found}"):
+            source.read_region((0, 0, 0), (40, 50, 60))
+    table = pd.DataFrame(
+        {"image_path": [str(path)] * 2, "coordX": [0.0, 0.0], "coordY": [0.0, 0.0],
+         "coordZ": [10.0, 80.0]}
+    )  # fmt: skip
+    got = dict(iter_patches(table))
+    assert isinstance(got[0], np.ndarray)
+    assert isinstance(got[1], RowError) and "corrupt" in str(got[1])
+
+
+def test_gzipped_nifti_without_isal_is_streamed_by_simpleitk(tmp_path, monkeypatch):
+    # Where isal is not installed (a platform without its wheels), SimpleITK reads
+    # .nii.gz files.
+    from skfmcib import _inflate
+
+    path, hu = _gz_scan(tmp_path)
+    monkeypatch.setattr(_inflate, "igzip_lib", None)
+    assert read_layout(path) is None
+    assert _assert_like_simpleitk(path) == "stream"
