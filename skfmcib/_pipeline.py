@@ -20,12 +20,25 @@ class _Failure:
         self.exc = exc
 
 
+def _next(q: queue.Queue, check: Callable[[], None] | None):
+    """The next item of ``q``; ``check()`` about every 50 ms while waiting."""
+    if check is None:
+        return q.get()
+    while True:
+        check()
+        try:
+            return q.get(timeout=0.05)
+        except queue.Empty:
+            continue
+
+
 def prefetch(
     tasks: Iterable[Callable[[], Iterable[T]]],
     n_threads: int,
     buffer: int = 8,
     ahead: int = 4,
     running: Callable[[], int] | None = None,
+    check: Callable[[], None] | None = None,
 ) -> Iterator[T]:
     """Yield the items of each task's iterable, in task order, computed ahead in threads.
 
@@ -46,6 +59,10 @@ def prefetch(
         Returns how many tasks may run at once now (1 to ``n_threads``); asked before
         each task starts. Default: ``n_threads``. Lets the caller read with every core
         while nothing else runs, and with fewer once its own work starts.
+    check : callable, optional
+        Called while the consumer waits for an item (about every 50 ms) and before
+        each item is yielded; an exception it raises (work the caller runs beside
+        the threads has failed, say) stops the threads and is raised here at once.
 
     Yields
     ------
@@ -54,7 +71,10 @@ def prefetch(
     """
     if n_threads <= 0:
         for task in tasks:
-            yield from task()
+            for item in task():
+                if check is not None:
+                    check()
+                yield item
         return
     stop = threading.Event()
     gate = threading.Condition()
@@ -113,7 +133,7 @@ def prefetch(
         for _ in range(n_threads + max(1, ahead)):
             submit()
         while pending:
-            item = pending[0].get()
+            item = _next(pending[0], check)
             if item is _END:
                 pending.popleft()
                 submit()

@@ -501,13 +501,14 @@ def iter_patches(
 
 
 def _iter_patches(
-    table: pd.DataFrame, coordinate_system: str, n_threads: int, running=None
+    table: pd.DataFrame, coordinate_system: str, n_threads: int, running=None, check=None
 ) -> Iterator[tuple[int, np.ndarray | RowError]]:
-    """:func:`iter_patches` with ``n_threads`` threads, ``running`` of them at a time."""
+    """:func:`iter_patches` with ``n_threads`` threads, ``running`` of them at a time;
+    ``check`` as for :func:`skfmcib._pipeline.prefetch`."""
     seeds = validate_table(table, coordinate_system)
     errors, jobs = _image_jobs(seeds)
     yield from errors
-    yield from prefetch(jobs, n_threads, running=running)
+    yield from prefetch(jobs, n_threads, running=running, check=check)
 
 
 def _seed_problem(geometry: Geometry, seed: np.ndarray) -> str:

@@ -404,6 +404,9 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
                 self.coordinate_system,
                 n_threads if n_threads is not None else self._n_threads(),
                 running,
+                # A failed load (a mistyped weights path, say) is raised at once, not
+                # when the first batch has been read.
+                check=loading.raise_if_failed if loading is not None else None,
             )
             batch, where = [], []
             # The first batch is half the size: the encoder starts on the first
@@ -553,6 +556,11 @@ class _Loader:
 
     def done(self) -> bool:
         return not self._thread.is_alive()
+
+    def raise_if_failed(self) -> None:
+        """Raise the function's exception if it has already failed."""
+        if self._error is not None and self.done():
+            self.wait()
 
     def wait(self, reraise: bool = True) -> None:
         self._thread.join()

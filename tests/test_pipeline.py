@@ -231,9 +231,9 @@ def test_fit_transform_reads_with_every_core_until_the_weights_are_loaded(
     seen = {}
     real = transformer._iter_patches
 
-    def spy(table, coordinate_system, n_threads, running=None):
+    def spy(table, coordinate_system, n_threads, running=None, check=None):
         seen.update(n_threads=n_threads, running=running)
-        return real(table, coordinate_system, n_threads, running)
+        return real(table, coordinate_system, n_threads, running, check)
 
     monkeypatch.setattr(transformer, "_iter_patches", spy)
     params = dict(weights=None, arch=TINY, random_state=0, device="cpu")
@@ -243,3 +243,64 @@ def test_fit_transform_reads_with_every_core_until_the_weights_are_loaded(
     assert seen["n_threads"] == 3 and seen["running"] is None  # as asked
     FMCIBTransformer(**params).fit().transform(interleaved)
     assert seen["n_threads"] == 2 and seen["running"] is None
+
+
+@pytest.mark.parametrize("n_threads", [0, 2])
+def test_prefetch_raises_what_check_raises_while_it_waits(n_threads):
+    release = threading.Event()
+    failed = threading.Event()
+
+    def slow():
+        yield "first"
+        release.wait(10)  # a long read
+        yield "second"
+
+    def check():
+        if failed.is_set():
+            raise RuntimeError("the weights did not load")
+
+    items = prefetch([slow], n_threads=n_threads, check=check)
+    assert next(items) == "first"
+    failed.set()
+    if n_threads == 0:
+        release.set()  # the calling thread reads: checked before the next item
+    with pytest.raises(RuntimeError, match="did not load"):
+        next(items)
+    release.set()
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="needs named pipes")
+def test_a_weights_error_is_raised_while_the_first_image_is_still_read(tmp_path):
+    # The image is a named pipe: reading it blocks until something writes to it. The
+    # mistyped weights path must be reported without waiting for that read, whose row
+    # would otherwise fail first ("cannot read image").
+    import os
+
+    fifo = tmp_path / "ct.nii"
+    os.mkfifo(fifo)
+    table = pd.DataFrame({"image_path": [str(fifo)], "coordX": [0.0], "coordY": [0.0],
+                          "coordZ": [0.0]})  # fmt: skip
+
+    done = threading.Event()
+
+    def unblock_readers():
+        # Once the weights thread has failed, give the transformer ample time to stop
+        # its reading threads, then end every read of the pipe (an empty file).
+        while any(t.name == "skfmcib-weights" for t in threading.enumerate()):
+            time.sleep(0.01)
+        time.sleep(2.0)
+        while not done.is_set():
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:  # no reader has the pipe open now
+                time.sleep(0.01)
+
+    writer = threading.Thread(target=unblock_readers, daemon=True)
+    writer.start()
+    model = FMCIBTransformer(weights=str(tmp_path / "mistyped.pt"), progress=False)
+    try:
+        with pytest.raises(FileNotFoundError, match="mistyped.pt"):
+            model.fit_transform(table)
+    finally:
+        done.set()
+        writer.join(10)
