@@ -1,8 +1,9 @@
 """Inflate a gzip file with Intel's ISA-L (the ``isal`` package), in large blocks.
 
-A gzipped NIfTI is read by inflating it from its start. ISA-L inflates a CT about 1.5
-times as fast as the zlib-ng inside SimpleITK and 1.9 times as fast as Python's zlib
-(``docs/performance.md``). :class:`GzipStream` hands it the file memory-mapped, in
+A gzipped NIfTI is read by inflating it from its start. With ISA-L a whole CT is read
+about 1.4 times as fast as SimpleITK reads it (with zlib-ng), and inflated about 1.9
+times as fast as Python's zlib inflates it (``benchmarks/inflate.py``,
+``docs/performance.md``). :class:`GzipStream` hands it the file memory-mapped, in
 slices of several megabytes, and takes its output in blocks of up to 16 MiB: the GIL is
 given up and taken back about once per block (each also costs a wait for the GIL when
 another thread runs Python code), so a thread running Python code beside it (torch
