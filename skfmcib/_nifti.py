@@ -2,11 +2,11 @@
 
 Most CT scans in NIfTI are one file holding a 3D volume of integers or floats placed by
 a qform and/or an sform. For such a file (``.nii``, or ``.nii.gz`` inflated by
-:mod:`skfmcib._inflate`), :func:`read_layout` parses
-the 348-byte header with :mod:`struct` and computes the geometry exactly as SimpleITK's
-reader (ITK 5.4's ``NiftiImageIO`` over nifti_clib) does: the qform matrix from its
-quaternion in single precision, ITK's choice between qform and sform, the RAS to LPS
-flip, direction columns normalised in double precision, spacing from ``pixdim``.
+:mod:`skfmcib._inflate`), :func:`read_layout` parses the 348-byte header with
+:mod:`struct` and computes the geometry exactly as SimpleITK's reader (ITK 5.4's
+``NiftiImageIO`` over nifti_clib) does: the qform matrix from its quaternion in single
+precision, ITK's choice between qform and sform, the RAS to LPS flip, direction columns
+normalised in double precision, spacing from ``pixdim``.
 :mod:`skfmcib.io` then reads the rows of a box at their byte offsets (a ``.nii``) or
 while inflating the file once for all the boxes asked together (a ``.nii.gz``), and
 :func:`scaled` gives them the values SimpleITK gives.
