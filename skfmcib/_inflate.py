@@ -28,7 +28,8 @@ _GZIP_MAGIC = b"\x1f\x8b"
 # inflates to 1.5-3 times its compressed size), so that one call usually gives it all.
 _INPUT_BYTES = 16 * 2**20
 _MIN_INPUT_BYTES = 2**16
-_OUTPUT_BYTES = 16 * 2**20  # inflated bytes taken per call
+# Inflated bytes taken per call; readers ask for at most this much at a time.
+BLOCK_BYTES = 16 * 2**20
 
 
 def available() -> bool:
@@ -93,7 +94,7 @@ class GzipStream:
                 given = self._input[self._fed : self._fed + size]
                 self._fed += len(given)
             try:
-                block = inflater.decompress(given, min(left, _OUTPUT_BYTES))
+                block = inflater.decompress(given, min(left, BLOCK_BYTES))
             except igzip_lib.IsalError as exc:
                 raise GzipError(f"corrupt compressed data ({exc})") from exc
             finally:
@@ -106,7 +107,7 @@ class GzipStream:
     def skip(self, n: int) -> None:
         """Inflate and drop the next ``n`` bytes."""
         while n > 0:
-            got = len(self.read(min(n, _OUTPUT_BYTES)))
+            got = len(self.read(min(n, BLOCK_BYTES)))
             if not got:
                 raise GzipError("the content ends before the data its header describes")
             n -= got
@@ -117,7 +118,7 @@ class GzipStream:
         Each member's CRC-32 and length are checked at its end: corrupt data that
         still inflates is found only there.
         """
-        while len(self.read(_OUTPUT_BYTES)) == _OUTPUT_BYTES:
+        while len(self.read(BLOCK_BYTES)) == BLOCK_BYTES:
             pass
 
     def close(self) -> None:

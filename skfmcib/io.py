@@ -636,10 +636,6 @@ class _NiftiSource(_RawSource):
         return _nifti.scaled(super()._read(lo, hi), self._layout)
 
 
-# Bytes inflated at a time: whole slices, about one GIL round trip each (see _inflate).
-_INFLATE_BYTES = 16 * 2**20
-
-
 class _NiftiGzSource(ImageSource):
     """A gzipped NIfTI-1 file read without SimpleITK: inflated from its start (ISA-L
     through :mod:`skfmcib._inflate`) up to the last slice asked for, once for all the
@@ -671,7 +667,8 @@ class _NiftiGzSource(ImageSource):
             np.empty(tuple(int(v) for v in (hi - lo)[::-1]), dtype=stored) for lo, hi in boxes
         ]
         waiting = sorted(range(len(boxes)), key=lambda k: int(boxes[k][1][2]))
-        per_call = max(1, _INFLATE_BYTES // plane)
+        # Whole slices per read, at most one block of the inflater (one GIL round trip).
+        per_call = max(1, _inflate.BLOCK_BYTES // plane)
         try:
             with _inflate.GzipStream(self.path) as stream:
                 self._record(self.path)
@@ -695,8 +692,7 @@ class _NiftiGzSource(ImageSource):
                     while waiting and boxes[waiting[0]][1][2] <= z:
                         k = waiting.pop(0)
                         voxels, outs[k] = outs[k], None
-                        native = voxels.astype(stored.newbyteorder("="), copy=False)
-                        yield k, _nifti.scaled(native, self._layout)
+                        yield k, _nifti.scaled(voxels, self._layout)  # in native byte order
         except OSError as exc:
             raise ImageReadError(f"{self.path}: cannot read image ({exc})") from exc
 

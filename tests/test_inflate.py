@@ -41,7 +41,7 @@ def test_content_is_gzips_whatever_the_block(tmp_path, monkeypatch, block):
         path.write_bytes(gzip.compress(content))
         block = 999
     else:
-        monkeypatch.setattr(_inflate, "_OUTPUT_BYTES", 2**21)  # blocks joined
+        monkeypatch.setattr(_inflate, "BLOCK_BYTES", 2**21)  # blocks joined
     assert _read_all(path, block) == content
 
 

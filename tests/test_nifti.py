@@ -348,10 +348,10 @@ def test_gzip_members_written_one_after_another(tmp_path):
 def test_corrupt_compressed_data_names_the_file_and_spares_the_lesions_before_it(
     tmp_path, monkeypatch, fill, found
 ):
-    from skfmcib import io
+    from skfmcib import _inflate
 
     path, hu = _gz_scan(tmp_path, "bad.nii.gz")
-    monkeypatch.setattr(io, "_INFLATE_BYTES", 8 * 50 * 40 * 2)  # 8 slices a call
+    monkeypatch.setattr(_inflate, "BLOCK_BYTES", 8 * 50 * 40 * 2)  # 8 slices a call
     data = bytearray(path.read_bytes())
     at = len(data) * 3 // 4
     data[at : at + 64] = fill * 64  # the end (and the size it records) intact
