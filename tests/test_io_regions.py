@@ -51,6 +51,17 @@ def _assert_regions_equal_full_read(path, series_uid=None):
             want = full.array[lo[2] : hi[2], lo[1] : hi[1], lo[0] : hi[0]]
             assert got.shape == want.shape
             np.testing.assert_array_equal(got, want, err_msg=f"{path} box {lo}-{hi}")
+        # The same boxes asked together: each once, as read one by one, in the order
+        # given (one pass through a gzipped NIfTI: in the order of their last slice).
+        boxes = list(_boxes(full.geometry.size))
+        together = list(source.iter_regions(boxes))
+        order = list(range(len(boxes)))
+        if source.strategy == "inflate":
+            order.sort(key=lambda k: int(boxes[k][1][2]))
+        assert [k for k, _ in together] == order
+        for k, got in together:
+            (x0, y0, z0), (x1, y1, z1) = boxes[k]
+            np.testing.assert_array_equal(got, full.array[z0:z1, y0:y1, x0:x1])
         return source.strategy
 
 
