@@ -364,7 +364,9 @@ def read_image(path: str | os.PathLike, series_uid: str | None = None) -> Volume
     -------
     Volume
         Voxels as stored (integer types are kept; HU after DICOM/NIfTI rescaling) with
-        the image's LPS geometry.
+        the image's LPS geometry: those SimpleITK reads. A NIfTI file whose header
+        skfmcib reads as ITK does (see :func:`open_image`) is read without SimpleITK,
+        a ``.nii.gz`` inflated with ISA-L where the ``isal`` package is installed.
 
     Raises
     ------
@@ -396,6 +398,9 @@ def read_image(path: str | os.PathLike, series_uid: str | None = None) -> Volume
             _check_series_gaps(path, reader, image)
         else:
             _check_gzip_complete(path)
+            source = _nifti_source(path)
+            if source is not None:
+                return source.read()
             itk_name = _ItkName(path)  # kept alive while SimpleITK reads
             image = _sitk().ReadImage(itk_name.name)
     except RuntimeError as exc:
@@ -993,13 +998,14 @@ def open_image(path: str | os.PathLike, series_uid: str | None = None) -> ImageS
     ImageSource
         Its :meth:`~ImageSource.read_region` reads the least the format allows:
         byte ranges of an uncompressed NIfTI (header parsed as ITK parses it; the
-        headers ITK's choices make uncertain are left to SimpleITK) or a raw NRRD,
-        a box of a gzipped NIfTI or a MetaImage (SimpleITK streaming), the pixel
-        data of the slices a box touches in a DICOM series (headers read with
-        pydicom; a series pydicom cannot describe exactly as SimpleITK does is
-        read whole by SimpleITK). Any other
-        file is read whole on first use and kept until :meth:`~ImageSource.close`.
-        The values are those :func:`read_image` gives.
+        headers ITK's choices make uncertain are left to SimpleITK) or a raw NRRD;
+        a gzipped NIfTI inflated up to the box's last slice (ISA-L, where the
+        ``isal`` package is installed; otherwise, like a compressed MetaImage, a
+        box streamed by SimpleITK); the pixel data of the slices a box touches in a
+        DICOM series (headers read with pydicom; a series pydicom cannot describe
+        exactly as SimpleITK does is read whole by SimpleITK). Any other file is
+        read whole on first use and kept until :meth:`~ImageSource.close`. The
+        values are those :func:`read_image` gives.
 
     Raises
     ------
@@ -1027,14 +1033,9 @@ def open_image(path: str | os.PathLike, series_uid: str | None = None) -> ImageS
     if path.is_dir():
         return _open_dicom_directory(path, series_uid)
     _check_gzip_complete(path)
-    if path.name.lower().endswith((".nii", ".nii.gz")):
-        layout = _nifti.read_layout(path)
-        if layout is not None:
-            _check_3d_scalar(str(path), 3, 1, layout.size)
-            geometry = Geometry(layout.size, layout.origin, layout.spacing, layout.direction)
-            if path.name.lower().endswith(".gz"):
-                return _NiftiGzSource(str(path), geometry, layout)
-            return _NiftiSource(str(path), geometry, layout)
+    source = _nifti_source(path)
+    if source is not None:
+        return source
     itk_name = _ItkName(path)
     reader = _sitk().ImageFileReader()
     reader.SetFileName(itk_name.name)
@@ -1055,6 +1056,21 @@ def open_image(path: str | os.PathLike, series_uid: str | None = None) -> ImageS
         compressed = path.name.lower().endswith(".gz") or _meta_compressed(path)
         return _StreamSource(str(path), geometry, io_name, compressed, itk_name)
     return _WholeSource(str(path), geometry)
+
+
+def _nifti_source(path: Path) -> ImageSource | None:
+    """A NIfTI file whose header skfmcib reads as ITK does, as a source; else None
+    (SimpleITK reads it)."""
+    if not path.name.lower().endswith((".nii", ".nii.gz")):
+        return None
+    layout = _nifti.read_layout(path)
+    if layout is None:
+        return None
+    _check_3d_scalar(str(path), 3, 1, layout.size)
+    geometry = Geometry(layout.size, layout.origin, layout.spacing, layout.direction)
+    if path.name.lower().endswith(".gz"):
+        return _NiftiGzSource(str(path), geometry, layout)
+    return _NiftiSource(str(path), geometry, layout)
 
 
 def _open_dicom_directory(path: Path, series_uid: str | None) -> ImageSource:

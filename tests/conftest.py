@@ -84,6 +84,22 @@ def write_image(
     return path
 
 
+def read_with_simpleitk(path, series_uid=None):
+    """The :class:`~skfmcib.io.Volume` SimpleITK reads: the truth skfmcib's readers match.
+
+    ``read_image`` reads most NIfTI files without SimpleITK, so tests that compare a
+    reader of skfmcib's with SimpleITK read through this instead. A DICOM directory
+    is read by ``read_image``, which uses SimpleITK's series reader.
+    """
+    from skfmcib.io import Volume, _geometry_of, read_image
+
+    path = Path(path)
+    if path.is_dir():
+        return read_image(path, series_uid)
+    image = sitk.ReadImage(str(path))
+    return Volume(sitk.GetArrayFromImage(image), _geometry_of(image), str(path))
+
+
 @pytest.fixture
 def ramp_ct(tmp_path) -> Path:
     """A 3D CT whose HU vary linearly with position, so any interpolation is exact."""

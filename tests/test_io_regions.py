@@ -12,7 +12,7 @@ import pandas as pd
 import pydicom
 import pytest
 import SimpleITK as sitk
-from conftest import rotation, write_dicom_series, write_image
+from conftest import read_with_simpleitk, rotation, write_dicom_series, write_image
 
 from skfmcib import load_patches
 from skfmcib.io import Volume, image_identity, open_image, read_geometry, read_image
@@ -43,7 +43,7 @@ def _assert_same_geometry(a, b):
 
 
 def _assert_regions_equal_full_read(path, series_uid=None):
-    full = read_image(path, series_uid)
+    full = read_with_simpleitk(path, series_uid)
     with open_image(path, series_uid) as source:
         _assert_same_geometry(source.geometry, full.geometry)
         for lo, hi in _boxes(full.geometry.size):
@@ -129,7 +129,7 @@ def test_lesions_of_a_gzipped_image_come_from_one_read(tmp_path, monkeypatch, na
     lesion_reads = [boxes for boxes in reads if boxes[0][1][2] - boxes[0][0][2] > 1]
     assert len(lesion_reads) == 1
     assert len(lesion_reads[0]) == (3 if strategy == "inflate" else 1)
-    volume = read_image(path)
+    volume = read_with_simpleitk(path)
     for i, seed in enumerate(seeds):
         np.testing.assert_array_equal(patches[i, 0], extract_patch(volume, seed))
 
@@ -342,7 +342,7 @@ def test_patches_from_sources_equal_patches_from_full_reads(tmp_path):
     ]
     files.append(_write_series(tmp_path / "dcm", hu, spacing, origin, OBLIQUE))
     for path in files:
-        volume = read_image(path)
+        volume = read_with_simpleitk(path)
         g = volume.geometry
         for index in ([33, 35, 20], [2.0, 60.5, 38.0], [64.9, 1.0, 0.2]):
             seed = g.origin + g.index_to_physical @ np.asarray(index)
@@ -353,7 +353,7 @@ def test_patches_from_sources_equal_patches_from_full_reads(tmp_path):
     table = pd.DataFrame({"image_path": [str(files[0])], "coordX": [0.0], "coordY": [30.0]})
     table["coordZ"] = 60.0
     np.testing.assert_array_equal(
-        load_patches(table)[0, 0], extract_patch(read_image(files[0]), [0.0, 30.0, 60.0])
+        load_patches(table)[0, 0], extract_patch(read_with_simpleitk(files[0]), [0.0, 30.0, 60.0])
     )
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
-from conftest import rotation, write_image
+from conftest import read_with_simpleitk, rotation, write_image
 
 from skfmcib._nifti import read_layout
 from skfmcib.io import ImageReadError, open_image, read_image
@@ -103,7 +103,16 @@ def _assert_like_simpleitk(path: Path) -> str:
         np.testing.assert_array_equal(
             source.read_region(lo, hi), want[lo[2] : hi[2], lo[1] : hi[1], lo[0] : hi[0]]
         )
-        return source.strategy
+        strategy = source.strategy
+    # read_image reads the whole file the same way.
+    volume = read_image(path)
+    assert volume.array.dtype == want.dtype
+    np.testing.assert_array_equal(volume.array, want)
+    assert volume.geometry.size == image.GetSize()
+    assert tuple(volume.geometry.origin) == image.GetOrigin()
+    assert tuple(volume.geometry.spacing) == image.GetSpacing()
+    assert tuple(volume.geometry.direction.ravel()) == image.GetDirection()
+    return strategy
 
 
 @pytest.mark.parametrize("order", ["<", ">"])
@@ -231,6 +240,8 @@ def test_truncated_file_names_the_file(tmp_path):
         source.read_region((0, 0, 0), (10, 9, 2))  # the first slices are there
         with pytest.raises(ImageReadError, match="cut.nii.*shorter"):
             source.read_region((0, 0, 0), (10, 9, 8))
+    with pytest.raises(ImageReadError, match="cut.nii.*shorter"):
+        read_image(path)
 
 
 def test_simpleitk_written_oblique_file(tmp_path):
@@ -248,9 +259,10 @@ def test_real_scans_read_like_simpleitk(shared_data, tmp_path):
         path.write_bytes(gzip.decompress((shared_data / "ct" / name).read_bytes()))
         assert read_layout(path) is not None, name
         assert _assert_like_simpleitk(path) == "raw"
-        with open_image(path) as source:
+        with open_image(shared_data / "ct" / name) as source:
+            assert source.strategy == "inflate"
             np.testing.assert_array_equal(
-                source.read().array, read_image(shared_data / "ct" / name).array
+                source.read().array, read_with_simpleitk(shared_data / "ct" / name).array
             )
 
 
@@ -268,8 +280,11 @@ def test_extracting_patches_from_nifti_does_not_import_simpleitk(tmp_path):
         import sys
         import numpy as np, pandas as pd
         from skfmcib import FMCIBTransformer, load_patches
+        from skfmcib.io import read_image
         patches = load_patches(pd.read_csv({str(tmp_path / "table.csv")!r}))
         np.save({str(tmp_path / "patches.npy")!r}, patches)
+        for suffix in ("nii", "nii.gz"):
+            read_image({str(tmp_path)!r} + "/ct." + suffix)
         print("SimpleITK" in sys.modules)
         """
     )
@@ -278,7 +293,9 @@ def test_extracting_patches_from_nifti_does_not_import_simpleitk(tmp_path):
     assert out.stdout.strip() == "False"
     # The patches cut from the volumes SimpleITK reads.
     want = [
-        extract_patch(read_image(row.image_path), np.array([row.coordX, row.coordY, row.coordZ]))
+        extract_patch(
+            read_with_simpleitk(row.image_path), np.array([row.coordX, row.coordY, row.coordZ])
+        )
         for row in table.itertuples()
     ]
     np.testing.assert_array_equal(np.load(tmp_path / "patches.npy"), np.stack(want)[:, None])
