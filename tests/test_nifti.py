@@ -85,16 +85,21 @@ def _quaternion(r: np.ndarray) -> tuple[np.ndarray, float]:
     return bcd, qfac
 
 
+def _assert_geometry_is_simpleitks(g, image: sitk.Image) -> None:
+    assert g.size == image.GetSize()
+    assert tuple(g.origin) == image.GetOrigin()
+    assert tuple(g.spacing) == image.GetSpacing()
+    assert tuple(g.direction.ravel()) == image.GetDirection()
+
+
 def _assert_like_simpleitk(path: Path) -> str:
-    """open_image gives SimpleITK's geometry and voxels; returns how it read them."""
+    """open_image and read_image give SimpleITK's geometry and voxels; returns how
+    open_image read them."""
     image = sitk.ReadImage(str(path))
     want = sitk.GetArrayFromImage(image)
     with open_image(path) as source:
         g = source.geometry
-        assert g.size == image.GetSize()
-        assert tuple(g.origin) == image.GetOrigin()
-        assert tuple(g.spacing) == image.GetSpacing()
-        assert tuple(g.direction.ravel()) == image.GetDirection()
+        _assert_geometry_is_simpleitks(g, image)
         got = source.read_region((0, 0, 0), g.size)
         assert got.dtype == want.dtype
         np.testing.assert_array_equal(got, want)
@@ -106,12 +111,9 @@ def _assert_like_simpleitk(path: Path) -> str:
         strategy = source.strategy
     # read_image reads the whole file the same way.
     volume = read_image(path)
+    _assert_geometry_is_simpleitks(volume.geometry, image)
     assert volume.array.dtype == want.dtype
     np.testing.assert_array_equal(volume.array, want)
-    assert volume.geometry.size == image.GetSize()
-    assert tuple(volume.geometry.origin) == image.GetOrigin()
-    assert tuple(volume.geometry.spacing) == image.GetSpacing()
-    assert tuple(volume.geometry.direction.ravel()) == image.GetDirection()
     return strategy
 
 
