@@ -29,6 +29,7 @@ from _common import (
     REPO,
     build_scans,
     child_json,
+    compile_package,
     lesion_table,
     machine,
     make_checkpoint,
@@ -188,10 +189,12 @@ def main() -> None:
     csv = args.workdir / f"lesions{tag}.csv"
     table.to_csv(csv, index=False)
     ckpt = make_checkpoint(args.workdir)
+    where = compile_package()
     print(
         f"{len(table)} lesions on {len(paths)} {kind} scans of 0.7 x 0.7 x 1.25 mm "
         f"(.{args.format})"
     )
+    print(f"skfmcib from {where}, its modules compiled to bytecode as an installed package's")
 
     # Before each run, the files the same side read in its previous run are read again
     # (libraries and modules as well as the scans and weights), for both sides alike.
