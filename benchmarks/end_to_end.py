@@ -17,7 +17,9 @@ into ``benchmarks/.ref-venv`` on first use (several GB: it pulls a CUDA build of
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -143,14 +145,30 @@ def _warm(paths) -> None:
 
     Done before every run: the reference's processes take about 15 GB, which can push the
     scans, the weights and the other side's libraries out of the page cache of a 24 GB
-    machine.
+    machine, and the kernel's caches of directories and file metadata with them. So the
+    folders of those files (and the folders above them) are listed and their entries'
+    metadata read as well: an import looks up its modules in them. Without that, a run
+    after the reference's took about 0.2 s longer than one after a run of its own side.
     """
+    folders: set[str] = set()
     for p in paths:
         try:
             with open(p, "rb") as f:
                 while f.read(1 << 24):
                     pass
         except OSError:  # a library or module file that has gone
+            continue
+        folder = os.path.dirname(os.path.abspath(p))
+        while folder not in folders and folder != os.path.dirname(folder):
+            folders.add(folder)
+            folder = os.path.dirname(folder)
+    for folder in folders:
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    with contextlib.suppress(OSError):
+                        entry.stat(follow_symlinks=False)
+        except OSError:
             continue
 
 
