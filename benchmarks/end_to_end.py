@@ -5,6 +5,7 @@ scans, encoding), timed from outside, with the peak memory of its process tree.
 
     python benchmarks/end_to_end.py                         # builds the reference venv
     python benchmarks/end_to_end.py --reference-python /path/to/venv/bin/python
+    python benchmarks/end_to_end.py --repeat 5 --reference-repeat 5 --rest 60 --wait-quiet 30
     python benchmarks/end_to_end.py --no-reference --cohort 48
     python benchmarks/end_to_end.py --no-reference --format nii   # uncompressed scans
     python benchmarks/end_to_end.py --no-reference --cohort 400 --device cuda \
@@ -23,6 +24,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -192,6 +194,12 @@ def main() -> None:
         "--format", default="nii.gz", choices=["nii.gz", "nii"], help="file format of the scans"
     )
     ap.add_argument(
+        "--rest",
+        type=float,
+        default=0,
+        help="seconds of idle before each run, so that no run pays for the one before it",
+    )
+    ap.add_argument(
         "--wait-quiet",
         type=float,
         default=0,
@@ -218,8 +226,17 @@ def main() -> None:
     # (libraries and modules as well as the scans and weights), for both sides alike.
     read_before: dict[str, list[str]] = {"skfmcib": [], "reference": []}
 
+    # On a virtual machine, the host may take CPU time back after a minute of full load
+    # (the reference's): measured here, a skfmcib run 2 s after a reference run lost
+    # 0.15-0.44 s of its cores to the host ("steal" in /proc/stat), one 60 s after it
+    # 0-0.01 s. --rest gives every run of either side the same idle time before it.
+    def rest():
+        if args.rest > 0:
+            time.sleep(args.rest)
+
     def run_ours(csv_path, out, encoder_only):
         _warm([*paths, ckpt, *read_before["skfmcib"]])
+        rest()
         run = run_measured(
             [sys.executable, "-c", OURS, str(csv_path), str(ckpt), str(out),
              args.precision, args.n_jobs, encoder_only, args.device, args.batch_size],
@@ -231,6 +248,7 @@ def main() -> None:
 
     def run_reference():
         _warm([*paths, ckpt, *read_before["reference"]])
+        rest()
         run = run_measured(
             [str(ref_python), "-c", REFERENCE, str(csv), str(ckpt), str(args.workdir / "ref.npy")],
             cwd=args.workdir,
