@@ -222,15 +222,17 @@ def run_measured(cmd: list[str], env: dict | None = None, cwd: Path | None = Non
 
     The peak is sampled every 20 ms as the sum of the RSS of the process and all its
     descendants (the reference's data-loader workers are separate processes); the
-    largest single process's peak comes from the kernel (``ru_maxrss``) via a wrapper.
+    largest single process's peak comes from the kernel (``ru_maxrss``) via a wrapper,
+    and so do the major page faults of the process tree (``ru_majflt``: pages of files
+    that were not in the page cache and had to be read from disk).
     """
     import psutil
 
     wrapper = (
         "import resource, subprocess, sys, json;"
         "rc = subprocess.run(sys.argv[1:]).returncode;"
-        "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss;"
-        "print('\\n@@RUSAGE ' + json.dumps([rc, peak]))"
+        "use = resource.getrusage(resource.RUSAGE_CHILDREN);"
+        "print('\\n@@RUSAGE ' + json.dumps([rc, use.ru_maxrss, use.ru_majflt]))"
     )
     start = time.perf_counter()
     proc = subprocess.Popen(
@@ -270,13 +272,16 @@ def run_measured(cmd: list[str], env: dict | None = None, cwd: Path | None = Non
     done.set()
     sampler.join()
     marker = out.rfind("@@RUSAGE ")
-    rc, maxrss_kb = json.loads(out[marker + 9 :].strip()) if marker >= 0 else (proc.returncode, 0)
+    rc, maxrss_kb, majflt = (
+        json.loads(out[marker + 9 :].strip()) if marker >= 0 else (proc.returncode, 0, 0)
+    )
     if rc != 0:
         raise RuntimeError(f"{cmd[:3]} failed ({rc}):\n{err[-4000:]}")
     return {
         "wall_s": wall,
         "peak_tree_rss_mib": peak[0] / 2**20,
         "peak_process_rss_mib": maxrss_kb / 1024,
+        "major_faults": majflt,
         "stdout": out[:marker] if marker >= 0 else out,
         "stderr": err,
     }

@@ -197,7 +197,8 @@ def main() -> None:
         "--rest",
         type=float,
         default=0,
-        help="seconds of idle before each run, so that no run pays for the one before it",
+        help="seconds of idle before each run's warm-up, so that no run pays for the one "
+        "before it",
     )
     ap.add_argument(
         "--wait-quiet",
@@ -229,14 +230,18 @@ def main() -> None:
     # On a virtual machine, the host may take CPU time back after a minute of full load
     # (the reference's): measured here, a skfmcib run 2 s after a reference run lost
     # 0.15-0.44 s of its cores to the host ("steal" in /proc/stat), one 60 s after it
-    # 0-0.01 s. --rest gives every run of either side the same idle time before it.
+    # 0-0.01 s. --rest gives every run of either side the same idle time before it. The
+    # files are warmed after the rest, just before the run: this machine's kernel pages
+    # out memory left unused for about a minute (a DAMON "pageout" scheme), so a warm-up
+    # before the rest left 120-280 pages for the run to read from disk again (0.09-0.63 s
+    # more in four alternating pairs, see docs/performance.md).
     def rest():
         if args.rest > 0:
             time.sleep(args.rest)
 
     def run_ours(csv_path, out, encoder_only):
-        _warm([*paths, ckpt, *read_before["skfmcib"]])
         rest()
+        _warm([*paths, ckpt, *read_before["skfmcib"]])
         run = run_measured(
             [sys.executable, "-c", OURS, str(csv_path), str(ckpt), str(out),
              args.precision, args.n_jobs, encoder_only, args.device, args.batch_size],
@@ -247,8 +252,8 @@ def main() -> None:
         return run
 
     def run_reference():
-        _warm([*paths, ckpt, *read_before["reference"]])
         rest()
+        _warm([*paths, ckpt, *read_before["reference"]])
         run = run_measured(
             [str(ref_python), "-c", REFERENCE, str(csv), str(ckpt), str(args.workdir / "ref.npy")],
             cwd=args.workdir,
@@ -260,21 +265,31 @@ def main() -> None:
     # The two sides alternate, so that a change of load affects both.
     runs: dict[str, list[dict]] = {"skfmcib": [], "reference": []}
     if ref_python is not None:
-        # Nothing of skfmcib's evicts the reference's libraries, but the reference's
-        # ~15 GB evicts skfmcib's: one run, not counted, tells which files to warm.
+        # One run of each side, not counted, tells which files to warm before its runs:
+        # the reference's ~15 GB evicts skfmcib's files, and the kernel pages out files
+        # left unused for a minute, so neither side's files can be assumed cached (the
+        # reference's first run read 2240 pages from disk when it was counted: 63 s
+        # against 55-60 s for the next four).
         run_ours(csv, args.workdir / "ours.npy", "0")
         print("  (skfmcib: one run to find its files, not counted)", flush=True)
+        run_reference()
+        print("  (reference: one run to find its files, not counted)", flush=True)
     for _ in range(args.repeat):
         print(f"  ({wait_until_quiet(args.wait_quiet)})", flush=True)
         run = run_ours(csv, args.workdir / "ours.npy", "0")
         runs["skfmcib"].append(run)
-        print(f"  skfmcib: {run['wall_s']:.2f} s, {run['peak_tree_rss_mib']:.0f} MiB", flush=True)
+        print(
+            f"  skfmcib: {run['wall_s']:.2f} s, {run['peak_tree_rss_mib']:.0f} MiB, "
+            f"{run['major_faults']} major page faults",
+            flush=True,
+        )
         if ref_python is not None and len(runs["reference"]) < args.reference_repeat:
             print(f"  ({wait_until_quiet(args.wait_quiet)})", flush=True)
             run = run_reference()
             runs["reference"].append(run)
             print(
-                f"  reference: {run['wall_s']:.2f} s, {run['peak_tree_rss_mib']:.0f} MiB",
+                f"  reference: {run['wall_s']:.2f} s, {run['peak_tree_rss_mib']:.0f} MiB, "
+                f"{run['major_faults']} major page faults",
                 flush=True,
             )
 
