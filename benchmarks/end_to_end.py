@@ -266,7 +266,7 @@ def main() -> None:
     runs: dict[str, list[dict]] = {"skfmcib": [], "reference": []}
     if ref_python is not None:
         # One run of each side, not counted, tells which files to warm before its runs:
-        # the reference's ~15 GB evicts skfmcib's files, and the kernel pages out files
+        # the reference's ~15 GB evicts skfmcib's files, and this kernel pages out files
         # left unused for a minute, so neither side's files can be assumed cached (the
         # reference's first run read 2240 pages from disk when it was counted: 63 s
         # against 55-60 s for the next four).
