@@ -235,32 +235,36 @@ def main() -> None:
     # out memory left unused for about a minute (a DAMON "pageout" scheme), so a warm-up
     # before the rest left 120-280 pages for the run to read from disk again (0.09-0.63 s
     # more in four alternating pairs, see docs/performance.md).
-    def rest():
+    def run_side(side, cmd, cwd):
         if args.rest > 0:
             time.sleep(args.rest)
+        _warm([*paths, ckpt, *read_before[side]])
+        run = run_measured(cmd, cwd=cwd)
+        run.update(child_json(run["stdout"]))
+        read_before[side] = run.pop("files")
+        return run
 
     def run_ours(csv_path, out, encoder_only):
-        rest()
-        _warm([*paths, ckpt, *read_before["skfmcib"]])
-        run = run_measured(
+        return run_side(
+            "skfmcib",
             [sys.executable, "-c", OURS, str(csv_path), str(ckpt), str(out),
              args.precision, args.n_jobs, encoder_only, args.device, args.batch_size],
-            cwd=REPO,
+            REPO,
         )  # fmt: skip
-        run.update(child_json(run["stdout"]))
-        read_before["skfmcib"] = run.pop("files")
-        return run
 
     def run_reference():
-        rest()
-        _warm([*paths, ckpt, *read_before["reference"]])
-        run = run_measured(
+        return run_side(
+            "reference",
             [str(ref_python), "-c", REFERENCE, str(csv), str(ckpt), str(args.workdir / "ref.npy")],
-            cwd=args.workdir,
+            args.workdir,
         )
-        run.update(child_json(run["stdout"]))
-        read_before["reference"] = run.pop("files")
-        return run
+
+    def show(side, run):
+        print(
+            f"  {side}: {run['wall_s']:.2f} s, {run['peak_tree_rss_mib']:.0f} MiB, "
+            f"{run['major_faults']} major page faults",
+            flush=True,
+        )
 
     # The two sides alternate, so that a change of load affects both.
     runs: dict[str, list[dict]] = {"skfmcib": [], "reference": []}
@@ -278,20 +282,12 @@ def main() -> None:
         print(f"  ({wait_until_quiet(args.wait_quiet)})", flush=True)
         run = run_ours(csv, args.workdir / "ours.npy", "0")
         runs["skfmcib"].append(run)
-        print(
-            f"  skfmcib: {run['wall_s']:.2f} s, {run['peak_tree_rss_mib']:.0f} MiB, "
-            f"{run['major_faults']} major page faults",
-            flush=True,
-        )
+        show("skfmcib", run)
         if ref_python is not None and len(runs["reference"]) < args.reference_repeat:
             print(f"  ({wait_until_quiet(args.wait_quiet)})", flush=True)
             run = run_reference()
             runs["reference"].append(run)
-            print(
-                f"  reference: {run['wall_s']:.2f} s, {run['peak_tree_rss_mib']:.0f} MiB, "
-                f"{run['major_faults']} major page faults",
-                flush=True,
-            )
+            show("reference", run)
 
     n = len(table)
     print()
