@@ -324,8 +324,8 @@ def main() -> None:
         ratio = medians["reference"] / medians["skfmcib"]
         pairs = [r["wall_s"] / o["wall_s"] for r, o in zip(runs["reference"], ours, strict=False)]
         print(
-            f"speed-up (median / median): {ratio:.1f}x (run by run: "
-            f"{', '.join(f'{x:.1f}x' for x in pairs)}); "
+            f"speed-up (median / median): {ratio:.2f}x (run by run: "
+            f"{', '.join(f'{x:.2f}x' for x in pairs)}); "
             f"max |ours - reference| / max |reference| = {rel:.2e}"
         )
         summary.update(ratio=ratio, ratios_run_by_run=pairs, max_rel_diff=rel)
