@@ -249,11 +249,17 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
 
     def _reload_encoder(self) -> None:
         from . import runtime
-        from .weights import load_encoder
+        from .weights import REGISTRY, load_encoder
 
         info = self.weights_info_
+        weights = self.weights
+        if info.path is not None and isinstance(weights, (str, os.PathLike)):
+            if not (isinstance(weights, str) and weights in REGISTRY):
+                # The file that was fitted, wherever this process runs: a relative path
+                # would be resolved against another working directory after unpickling.
+                weights = info.path
         encoder, new = load_encoder(
-            self.weights,
+            weights,
             config=info.config,
             cache_dir=self.cache_dir,
             random_state=self._random_seed,

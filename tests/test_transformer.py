@@ -156,6 +156,25 @@ def test_pickle_stores_where_weights_came_from_not_the_weights(tmp_path, lesion_
         stale.transform(lesion_table)
 
 
+def test_pickle_with_a_relative_weights_path_works_from_another_directory(
+    tmp_path, lesion_table, monkeypatch
+):
+    fitted_in, elsewhere = tmp_path / "fitted_in", tmp_path / "elsewhere"
+    fitted_in.mkdir()
+    elsewhere.mkdir()
+    save_checkpoint(tiny().fit().encoder_, fitted_in / "enc.torch")
+    monkeypatch.chdir(fitted_in)
+    fmcib = FMCIBTransformer(weights="enc.torch", device="cpu").fit()
+    expected = fmcib.transform(lesion_table)
+    blob = pickle.dumps(fmcib)
+    # Another file of the same name where the pickle is loaded is not used either.
+    save_checkpoint(tiny(random_state=9).fit().encoder_, elsewhere / "enc.torch")
+    monkeypatch.chdir(elsewhere)
+    restored = pickle.loads(blob)
+    assert restored.weights == "enc.torch"  # the parameter is kept as given
+    np.testing.assert_array_equal(restored.transform(lesion_table), expected)
+
+
 def test_pickle_of_random_weights_reinitialises_identically(lesion_table):
     fmcib = tiny(random_state=None).fit()
     expected = fmcib.transform(lesion_table)
