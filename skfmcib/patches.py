@@ -6,7 +6,8 @@ truncates the seed to a voxel index and crops 50 voxels around it. Only those
 produce and samples the original image on it with trilinear interpolation
 (voxel centres at integer indices, 0.0 outside the image). Interior patches
 equal the reference's; at image borders the seed stays at the centre and what
-lies outside the scan is -1024 HU (0.0 after normalisation).
+lies outside the scan is -1024 HU (0.0 after normalisation), blended with the edge
+voxels up to one voxel spacing beyond their centres, as interpolation does.
 """
 
 from __future__ import annotations
