@@ -275,6 +275,19 @@ def _set_train_mode(network: nn.Module, frozen: list[nn.Module]) -> None:
         module.eval()
 
 
+def check_finite_loss(value: float, epoch: int, batch: int, lr: float) -> None:
+    """Raise when a batch's loss is NaN or infinite: the weights would be ruined.
+
+    Raised before the step, so the network, and the state saved after the last
+    complete epoch, keep finite weights.
+    """
+    if not math.isfinite(value):
+        raise ValueError(
+            f"training diverged: the loss is {value} at epoch {epoch}, batch {batch} "
+            f"(learning rate {lr:.3g}); lower lr, or check the input for extreme values"
+        )
+
+
 def train_network(
     network: nn.Module,
     frozen: list[nn.Module],
@@ -377,11 +390,13 @@ def train_network(
             with runtime.autocast(device, config.precision):
                 out = network(xb)
             loss = loss_fn(out.float(), target_device[torch.as_tensor(idx, device=device)])
+            value = float(loss.detach())
+            check_finite_loss(value, epoch + 1, b + 1, group["lr"])
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
-            running += float(loss.detach()) * len(idx)
+            running += value * len(idx)
         epoch += 1
         record: dict[str, Any] = {
             "epoch": epoch,

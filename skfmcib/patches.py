@@ -606,7 +606,8 @@ def check_patch_array(X) -> np.ndarray:
     Raises
     ------
     ValueError
-        For any other shape, naming the shape found and the shapes accepted.
+        For any other shape, naming the shape found and the shapes accepted, and for
+        patches with NaN or infinite values, naming them.
 
     Examples
     --------
@@ -622,20 +623,37 @@ def check_patch_array(X) -> np.ndarray:
         raise ValueError(f"patches must be numeric, got dtype {arr.dtype}")
     if np.iscomplexobj(arr):
         raise ValueError("patches must be real numbers, got complex data")
+    arr = arr.reshape(_patch_shape(arr.shape))
+    out = np.ascontiguousarray(arr, dtype=np.float32)
+    # One patch at a time: a mask of the whole array would be as large as a byte copy.
+    finite = np.fromiter((np.isfinite(p).all() for p in out), dtype=bool, count=len(out))
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        named = ", ".join(str(i) for i in bad[:10]) + (", ..." if len(bad) > 10 else "")
+        raise ValueError(
+            f"{len(bad)} of {len(out)} patches contain NaN or infinite values "
+            f"(patch {named}); patches must be finite"
+        )
+    return out
+
+
+def _patch_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """``(n, 1, 50, 50, 50)`` for an accepted patch array shape; ValueError otherwise."""
     n = PATCH_SIZE
-    if arr.ndim == 2 and arr.shape[1] == n**3:
-        arr = arr.reshape(-1, 1, n, n, n)
-    elif arr.ndim == 4 and arr.shape[1:] == (n, n, n):
-        arr = arr[:, None]
-    elif not (arr.ndim == 5 and arr.shape[1:] == (1, n, n, n)):
+    accepted = (
+        (len(shape) == 2 and shape[1] == n**3)
+        or (len(shape) == 4 and shape[1:] == (n, n, n))
+        or (len(shape) == 5 and shape[1:] == (1, n, n, n))
+    )
+    if not accepted:
         raise ValueError(
             f"expected a lesion table (DataFrame with image_path, coordX, coordY, coordZ) or "
             f"patches of shape (n, {n}, {n}, {n}), (n, 1, {n}, {n}, {n}) or (n, {n**3}); "
-            f"got an array of shape {arr.shape}"
+            f"got an array of shape {shape}"
         )
-    if arr.shape[0] == 0:
+    if shape[0] == 0:
         raise ValueError("got 0 patches; need at least one")
-    return np.ascontiguousarray(arr, dtype=np.float32)
+    return (shape[0], 1, n, n, n)
 
 
 def as_patches(X, *, coordinate_system: str = "LPS", on_error: str = "raise") -> np.ndarray:

@@ -844,11 +844,12 @@ def _pretrain(table, out, ddp, device, say, **kw) -> Path:
                     z2[:, n:].flatten(0, 1),
                     run["temperature"],
                 )
+            losses.append(float(value.detach()))
+            _training.check_finite_loss(losses[-1], epoch + 1, b + 1, lr * factor)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(value).backward()
             scaler.step(optimizer)
             scaler.update()
-            losses.append(float(value.detach()))
             say.step(
                 f"epoch {epoch + 1}/{epochs} step {b + 1}/{steps} loss {losses[-1]:.4f} "
                 f"lr {lr * factor:.3e}",

@@ -196,8 +196,9 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
         Parameters
         ----------
         X : DataFrame, array-like or None
-            Input as for :meth:`transform`; checked for its form (columns, shape),
-            not read. None skips the check.
+            Input as for :meth:`transform`, not read: a lesion table's columns and
+            coordinates are checked, an array must be numeric and finite (patch
+            shapes are checked by :meth:`transform`). None skips the check.
         y : ignored
             Accepted for API compatibility.
 

@@ -363,6 +363,16 @@ def test_survival_rejects_plain_targets(blobs):
         FMCIBSurvivalAnalysis(**FAST, max_epochs=1).fit(X, labels)
 
 
+def test_non_finite_patches_are_refused(blobs):
+    X, y = blobs
+    bad = np.array(X, dtype=np.float32, copy=True)
+    bad[2].flat[1000] = np.nan
+    with pytest.raises(ValueError, match=r"1 of 12 patches .* \(patch 2\)"):
+        FMCIBClassifier(**FAST, max_epochs=1).fit(bad, y)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        FMCIBSurvivalAnalysis(**FAST, max_epochs=1).fit(bad, survival_target(y))
+
+
 def test_lesion_table_input(tmp_path):
     import SimpleITK as sitk
 
@@ -418,3 +428,11 @@ def test_unfitted_estimator_refuses_to_predict(blobs):
 
     with pytest.raises(NotFittedError):
         FMCIBClassifier().predict(blobs[0])
+
+
+def test_diverging_training_is_an_error_not_a_model_of_nan(blobs):
+    X, y = blobs
+    clf = FMCIBClassifier(**{**FAST, "lr": 1e12}, max_epochs=2)
+    with pytest.raises(ValueError, match=r"training diverged: the loss is nan at epoch 1"):
+        clf.fit(X, y)
+    assert not hasattr(clf, "history_")

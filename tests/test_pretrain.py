@@ -199,6 +199,13 @@ def test_two_epochs_then_resume_equal_three_epochs_straight(seeds, tmp_path):
     assert not torch.equal(start.state_dict()["conv1.weight"], a.state_dict["conv1.weight"])
 
 
+def test_diverging_pretraining_is_an_error_and_writes_no_checkpoint(seeds, tmp_path):
+    out = tmp_path / "ssl.pt"
+    with pytest.raises(ValueError, match=r"training diverged: the loss is nan at epoch 1"):
+        pretrain(seeds, out, epochs=2, lr=1e12, **FAST)
+    assert not out.exists()
+
+
 def test_views_are_drawn_from_a_generator_seeded_per_epoch(seeds, tmp_path, monkeypatch):
     seen = []
     view = pretrain_module.contrastive_view

@@ -221,6 +221,18 @@ def test_invalid_parameters_fail_in_fit(params, match):
         tiny(**params).fit()
 
 
+def test_non_finite_patches_are_refused_in_fit_and_transform():
+    patches = np.random.default_rng(0).random((5, 1, 50, 50, 50), dtype=np.float32)
+    fmcib = tiny().fit(patches)
+    bad = patches.copy()
+    bad[1, 0, 25, 25, 25] = np.nan
+    bad[3, 0, 0, 0, 0] = np.inf
+    with pytest.raises(ValueError, match=r"2 of 5 patches .* \(patch 1, 3\)"):
+        fmcib.transform(bad)
+    with pytest.raises(ValueError, match="NaN"):
+        tiny().fit(bad)
+
+
 def test_wrong_checkpoint_is_a_clear_error(tmp_path):
     ckpt = tmp_path / "other.torch"
     save_checkpoint(tiny(arch={"arch": "resnet18", "widen_factor": 0.25}).fit().encoder_, ckpt)
