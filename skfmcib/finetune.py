@@ -461,7 +461,9 @@ class FMCIBClassifier(ClassifierMixin, _FineTuner):
     {shared}
     class_weight : None or "balanced", default=None
         Weights of the classes in the loss; "balanced" weights each class
-        inversely to its frequency in the training data.
+        inversely to its frequency in ``y`` (the validation part of
+        ``validation_fraction`` is split off stratified, so its frequencies are
+        the same).
 
     Attributes
     ----------
@@ -656,7 +658,8 @@ class FMCIBSurvivalAnalysis(SurvivalAnalysisMixin, _FineTuner):
     best_epoch_ : int or None
         Epoch of the lowest monitored loss.
     unique_times_ : ndarray
-        Distinct event times of the training data (for the survival functions).
+        Distinct times of the training data, of events and of censoring alike (where
+        the survival functions are evaluated).
     checkpoint_path_ : pathlib.Path or None
         The training-state file in ``checkpoint_dir``.
 
@@ -764,7 +767,7 @@ class FMCIBSurvivalAnalysis(SurvivalAnalysisMixin, _FineTuner):
 
     @property
     def unique_times_(self) -> np.ndarray:
-        """Distinct event times of the training data."""
+        """Distinct times (events and censoring) of the training data."""
         check_is_fitted(self, "head_")
         return self._baseline_model.unique_times_
 
