@@ -125,6 +125,9 @@ class WeightsRecord:
         ``"md5:..."``). When ``size`` or ``md5`` is not pinned, :func:`fetch_weights`
         reads them from there before downloading, so every download is checked against
         the published record.
+    config : EncoderConfig, optional
+        The architecture the file holds. A cached file that records another
+        architecture is refused (strict loading checks the tensors against this one).
 
     Examples
     --------
@@ -143,12 +146,13 @@ class WeightsRecord:
     license: str | None = None
     homepage: str | None = None
     api_url: str | None = None
+    config: EncoderConfig | None = None
 
 
 #: The official FMCIB weights (Pai et al. 2024), Zenodo record 10528450. Their size and
 #: md5 are read from the Zenodo record's API before each download and checked after it;
-#: a file already in the cache is used as is (strict loading still rejects a wrong or
-#: truncated file).
+#: a file already in the cache is used as is (strict loading against the ResNet-50 still
+#: rejects a wrong or truncated file).
 FMCIB_WEIGHTS = WeightsRecord(
     name="fmcib",
     url="https://zenodo.org/records/10528450/files/model_weights.torch?download=1",
@@ -158,6 +162,7 @@ FMCIB_WEIGHTS = WeightsRecord(
     license="CC BY-NC 4.0",
     homepage="https://zenodo.org/records/10528450",
     api_url="https://zenodo.org/api/records/10528450",
+    config=EncoderConfig(),
 )
 
 #: Registered weights by name.
@@ -1202,6 +1207,7 @@ def load_encoder(
     if weights is None:
         return _random_encoder(config or EncoderConfig(), random_state)
     source: str | None = None
+    record: WeightsRecord | None = None
     if isinstance(weights, WeightsRecord) or (isinstance(weights, str) and weights in REGISTRY):
         record = _resolve_record(weights)
         path = fetch_weights(record, cache_dir=cache_dir, progress=progress)
@@ -1221,7 +1227,15 @@ def load_encoder(
             f"{type(weights).__name__}"
         )
     checkpoint = read_checkpoint(path)
-    arch = config or checkpoint.config or EncoderConfig()
+    pinned = record.config if record is not None else None
+    if pinned is not None and checkpoint.config not in (None, pinned):
+        raise CheckpointError(
+            f"{checkpoint.path} is where the registered weights {record.name!r} are kept, "
+            f"but it holds a checkpoint of another encoder ({checkpoint.config!r}; "
+            f"{record.name!r} is {pinned!r}); remove it to download the official file "
+            "again, or pass its path as weights to use it"
+        )
+    arch = config or pinned or checkpoint.config or EncoderConfig()
     encoder = _encoder_from_state(arch, checkpoint.state_dict, checkpoint.path)
     info = WeightsInfo(
         source=source or str(checkpoint.path),
