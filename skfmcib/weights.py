@@ -1215,10 +1215,11 @@ def load_encoder(
     elif isinstance(weights, (str, os.PathLike)):
         path = Path(weights).expanduser()
         if not path.is_file():
+            hint = "; random weights are weights=None" if str(weights) == "random" else ""
             raise FileNotFoundError(
                 errno.ENOENT,
                 f"No checkpoint file at {str(path)!r}, and {str(weights)!r} is not a "
-                f"registered weights name ({', '.join(sorted(REGISTRY))})",
+                f"registered weights name ({', '.join(sorted(REGISTRY))}){hint}",
                 str(path),
             )
     else:

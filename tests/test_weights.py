@@ -554,8 +554,11 @@ def test_files_without_a_tensor_mapping_are_refused(content, match, tmp_path):
 def test_missing_file_and_unknown_name(tmp_path):
     with pytest.raises(FileNotFoundError):
         read_checkpoint(tmp_path / "absent.torch")
-    with pytest.raises(FileNotFoundError, match="not a registered weights name"):
+    with pytest.raises(FileNotFoundError, match="not a registered weights name") as excinfo:
         load_encoder(str(tmp_path / "absent.torch"))
+    assert "weights=None" not in str(excinfo.value)
+    with pytest.raises(FileNotFoundError, match="random weights are weights=None"):
+        load_encoder("random")
     with pytest.raises(TypeError):
         load_encoder(42)
 
