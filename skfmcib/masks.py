@@ -116,6 +116,12 @@ def read_label_image(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
             )
     elif not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
         raise ImageReadError(f"{path}: label image of type {array.dtype} is not supported")
+    lowest = array.min() if array.size else 0
+    if lowest < 0:
+        raise ImageReadError(
+            f"{path}: a label image holds labels 0, 1, 2, ...; this one has values down to "
+            f"{lowest:g} (the CT itself rather than its segmentation?)"
+        )
     return array.astype(np.int64, copy=False), affine
 
 

@@ -107,6 +107,11 @@ def test_bad_masks_name_row_and_file(tmp_path):
         seeds_from_masks(table)
     with pytest.raises(RowError, match="whole numbers"):
         seeds_from_masks(pd.DataFrame({"mask_path": [str(prob)]}))
+    ct = np.full((5, 5, 5), -1000, dtype=np.int16)  # a CT in HU, given as its mask
+    ct[2, 2, 2] = 40
+    ct_path = write_image(tmp_path / "ct.nii.gz", ct)
+    with pytest.raises(RowError, match=r"row 0 \(.*ct.nii.gz\): .* values down to -1000"):
+        seeds_from_masks(pd.DataFrame({"mask_path": [str(ct_path)]}))
     with pytest.raises(RowError, match=r"row 0 \(.*nope.nii.gz\): no such file"):
         seeds_from_masks(pd.DataFrame({"mask_path": [str(tmp_path / "nope.nii.gz")]}))
     with pytest.raises(ValueError, match="mask_path"):
