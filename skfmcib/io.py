@@ -85,14 +85,20 @@ class Geometry:
         inv = np.linalg.inv(self.index_to_physical)
         return (np.asarray(points, dtype=np.float64) - self.origin) @ inv.T
 
-    def corner_points(self) -> np.ndarray:
-        """LPS positions of the centres of the 8 corner voxels, shape ``(8, 3)``."""
-        hi = np.asarray(self.size, dtype=np.float64) - 1
-        corners = np.array([[i, j, k] for i in (0, hi[0]) for j in (0, hi[1]) for k in (0, hi[2])])
+    def corner_points(self, edges: bool = False) -> np.ndarray:
+        """LPS positions of the centres of the 8 corner voxels, shape ``(8, 3)``.
+
+        With ``edges``, the outer corners of those voxels (half a voxel further out).
+        """
+        lo = -0.5 if edges else 0.0
+        hi = np.asarray(self.size, dtype=np.float64) - 1 + (0.5 if edges else 0.0)
+        corners = np.array(
+            [[i, j, k] for i in (lo, hi[0]) for j in (lo, hi[1]) for k in (lo, hi[2])]
+        )
         return self.origin + corners @ self.index_to_physical.T
 
     def contains(self, point: np.ndarray) -> bool:
-        """Whether an LPS point lies within the voxel-centre extent of the image."""
+        """Whether an LPS point lies within the image: its voxels, edges included."""
         idx = self.physical_to_continuous_index(point)
         return bool(np.all(idx >= -0.5) and np.all(idx <= np.asarray(self.size) - 0.5))
 
@@ -611,6 +617,14 @@ class _RawSource(ImageSource):
         super().__init__(path, geometry)
         self._dtype = dtype
         self._offset = offset
+        # A truncated file is refused whole, not only for the boxes in its missing part.
+        need = offset + int(np.prod(geometry.size)) * dtype.itemsize
+        have = os.stat(path).st_size
+        if have < need:
+            raise ImageReadError(
+                f"{path}: file is shorter than its header says ({have} bytes; the header "
+                f"describes {need}): truncated?"
+            )
 
     def _read(self, lo, hi):
         nx, ny, _ = self.geometry.size
@@ -766,18 +780,56 @@ def _raw_nrrd_layout(path: str, size: tuple[int, int, int]) -> tuple[np.dtype, i
     return dtype, offset
 
 
+def _meta_header(path: Path) -> tuple[dict[str, str], int]:
+    """A MetaImage header's fields, and its length in bytes (where LOCAL voxels start)."""
+    fields: dict[str, str] = {}
+    length = 0
+    with open(path, "rb") as f:
+        for raw in f.read(16384).split(b"\n"):
+            length += len(raw) + 1
+            key, _, value = raw.decode("latin-1").partition("=")
+            fields[key.strip()] = value.strip()
+            if key.strip() == "ElementDataFile":
+                break
+    return fields, length
+
+
 def _meta_compressed(path: Path) -> bool:
     """Whether a MetaImage header says its voxels are zlib-compressed."""
     if path.suffix.lower() not in (".mha", ".mhd"):
         return False
-    with open(path, "rb") as f:
-        for raw in f.read(16384).split(b"\n"):
-            key, _, value = raw.decode("latin-1").partition("=")
-            if key.strip() == "CompressedData":
-                return value.strip().lower() == "true"
-            if key.strip() == "ElementDataFile":
-                break
-    return False
+    return _meta_header(path)[0].get("CompressedData", "").lower() == "true"
+
+
+_META_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4,
+               "MET_UINT": 4, "MET_FLOAT": 4, "MET_DOUBLE": 8}  # fmt: skip
+
+
+def _check_meta_complete(path: Path, size: tuple[int, ...]) -> None:
+    """Refuse an uncompressed MetaImage whose voxel data is shorter than its header says.
+
+    ITK reports such a file as "cannot be read ... No such file or directory"; checked
+    for one data file (LOCAL or a named one) with a known element type.
+    """
+    fields, header = _meta_header(path)
+    item = _META_BYTES.get(fields.get("ElementType", ""))
+    name = fields.get("ElementDataFile", "")
+    try:
+        skip = int(fields.get("HeaderSize", "0") or 0)
+        channels = int(fields.get("ElementNumberOfChannels", "1") or 1)
+    except ValueError:
+        return  # ITK's own reading reports it
+    if item is None or not name or name.startswith("LIST") or "%" in name or skip < 0:
+        return
+    data = path if name == "LOCAL" else path.parent / name
+    offset = header if name == "LOCAL" else skip
+    need = offset + int(np.prod(size)) * item * channels
+    have = data.stat().st_size if data.is_file() else 0
+    if have < need:
+        raise ImageReadError(
+            f"{path}: file is shorter than its header says ({have} bytes in {data.name}; "
+            f"the header describes {need}): truncated?"
+        )
 
 
 # ----------------------------------------------------------------------------- DICOM
@@ -1054,6 +1106,8 @@ def open_image(path: str | os.PathLike, series_uid: str | None = None) -> ImageS
             return _RawSource(str(path), geometry, *layout)
     elif io_name in ("NiftiImageIO", "MetaImageIO"):
         compressed = path.name.lower().endswith(".gz") or _meta_compressed(path)
+        if io_name == "MetaImageIO" and not compressed:
+            _check_meta_complete(path, geometry.size)
         return _StreamSource(str(path), geometry, io_name, compressed, itk_name)
     return _WholeSource(str(path), geometry)
 

@@ -515,13 +515,13 @@ def _iter_patches(
 def _seed_problem(geometry: Geometry, seed: np.ndarray) -> str:
     if geometry.contains(seed):
         return ""
-    corners = geometry.corner_points()
+    corners = geometry.corner_points(edges=True)
     extent = " x ".join(
         f"[{lo:.1f}, {hi:.1f}]" for lo, hi in zip(corners.min(0), corners.max(0), strict=True)
     )
     return (
         f"seed ({seed[0]:.2f}, {seed[1]:.2f}, {seed[2]:.2f}) LPS mm lies outside the scan, "
-        f"which spans {extent} mm; if the coordinates are RAS (3D Slicer, nibabel), "
+        f"whose voxels span {extent} mm; if the coordinates are RAS (3D Slicer, nibabel), "
         "use coordinate_system='RAS'"
     )
 

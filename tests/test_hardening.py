@@ -100,6 +100,15 @@ def test_seed_outside_the_scan_suggests_ras(good_ct):
     assert "outside the scan" in err.reason and "RAS" in err.reason
 
 
+def test_seeds_are_accepted_up_to_the_voxel_edges_that_the_message_gives(tmp_path):
+    path = write_image(tmp_path / "ct.nii.gz", ct_array(), spacing=(2.0, 1.0, 1.0))
+    nx = ct_array().shape[2]  # x voxel centres at 0, 2, ..., 2 * (nx - 1)
+    edge = 2.0 * (nx - 1) + 1.0
+    load_patches(table_of(path, (edge - 0.01, 30.0, 15.0)))
+    err = row_error(table_of(path, (edge + 0.01, 30.0, 15.0)))
+    assert f"whose voxels span [-1.0, {edge:.1f}] x " in err.reason
+
+
 # --- the files -------------------------------------------------------------------------------
 
 
@@ -136,6 +145,25 @@ def test_truncated_gzip_says_so_even_when_only_the_end_is_missing(good_ct, tmp_p
         (tmp_path / name).write_bytes(data[:size])
         err = row_error(table_of(tmp_path / name))
         assert "truncated" in err.reason, err.reason
+
+
+@pytest.mark.parametrize(
+    "suffix, says",
+    [
+        (".nii", "shorter than its header says"),
+        (".nrrd", "fread got only"),  # teem's own message: read whole, the shortfall named
+        (".mha", "shorter than its header says"),
+        (".mhd", "shorter than its header says"),
+    ],
+)
+def test_truncated_uncompressed_file_is_refused_for_every_lesion(good_ct, tmp_path, suffix, says):
+    whole = tmp_path / f"ct{suffix}"
+    sitk.WriteImage(sitk.ReadImage(str(good_ct)), str(whole))
+    data_file = whole.with_suffix(".raw") if suffix == ".mhd" else whole
+    data_file.write_bytes(data_file.read_bytes()[:-3000])  # the last slice is cut
+    err = row_error(table_of(whole))  # the seed's patch lies in the part still there
+    assert err.path == str(whole), err
+    assert says in err.reason, err.reason
 
 
 def test_2d_image(tmp_path):
