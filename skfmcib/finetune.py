@@ -418,6 +418,12 @@ class _FineTuner(BaseEstimator):
                 f"{path} holds {found}, not a saved {cls.__name__}; use "
                 f"{cls.__name__}(weights=path) to fine-tune from its encoder"
             )
+        fixed = sorted({"weights", "head"} & set(params))
+        if fixed:
+            raise TypeError(
+                f"{cls.__name__}.load sets {' and '.join(fixed)} from the file; pass the "
+                "other parameters only"
+            )
         spec = dict(extra["head_spec"])
         est = cls(weights=str(path), head=spec["kind"], **params)
         encoder, info = load_encoder(checkpoint.path)
@@ -569,7 +575,7 @@ class FMCIBClassifier(ClassifierMixin, _FineTuner):
         if len(classes) < 2:
             raise ValueError(
                 f"This solver needs samples of at least 2 classes in the data, but the data "
-                f"contains only one class: {classes[0]!r}"
+                f"contains only one class: {classes[:1].tolist()[0]!r}"
             )
         if self.class_weight not in (None, "balanced"):
             raise ValueError(f"class_weight must be None or 'balanced', got {self.class_weight!r}")

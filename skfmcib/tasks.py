@@ -555,8 +555,21 @@ def _bootstrap_all(result: TaskResult, n_resamples, alpha, random_state) -> None
         )
 
 
-def _check_binary(y) -> np.ndarray:
+def _check_labels(y, task: str) -> np.ndarray:
+    """``y`` as an array, refusing missing labels (NaN, None) with their positions."""
     y = np.asarray(y)
+    missing = np.flatnonzero(pd.isna(y)) if y.dtype.kind in "fcOU" else np.array([], int)
+    if len(missing):
+        shown = ", ".join(str(i) for i in missing[:10]) + (", ..." if len(missing) > 10 else "")
+        raise ValueError(
+            f"{task}: {len(missing)} of {len(y)} labels missing (NaN or None), at positions "
+            f"{shown}; drop those lesions first"
+        )
+    return y
+
+
+def _check_binary(y) -> np.ndarray:
+    y = _check_labels(y, "malignancy")
     classes = np.unique(y)
     if len(classes) != 2:
         raise ValueError(f"malignancy needs two classes, got {classes.tolist()}")
@@ -695,7 +708,7 @@ def evaluate_site(
     >>> sorted(result.metrics)
     ['balanced_accuracy', 'mean_average_precision']
     """
-    y = np.asarray(y)
+    y = _check_labels(y, "site")
     proba, fold, params, classes = cross_validated_predictions(
         estimator, X, y, groups=groups, cv=cv, random_state=random_state
     )

@@ -404,6 +404,18 @@ def test_evaluate_malignancy_reports_auc_and_map_grouped_by_patient():
     assert (frame["low"] <= frame["estimate"]).all() and (frame["estimate"] <= frame["high"]).all()
 
 
+def test_missing_labels_are_named_before_anything_is_fitted():
+    X, malignant, site, _, _ = _cohort_like()
+    with_nan = malignant.astype(float)
+    with_nan[[3, 7]] = np.nan
+    with pytest.raises(ValueError, match=r"malignancy: 2 of \d+ labels missing .* 3, 7;"):
+        evaluate_malignancy(malignancy_pipeline(features=None), X, with_nan)
+    with_none = site.astype(object)
+    with_none[5] = None
+    with pytest.raises(ValueError, match=r"site: 1 of \d+ labels missing .* positions 5;"):
+        evaluate_site(site_pipeline(features=None), X, with_none)
+
+
 def test_evaluate_site_reports_balanced_accuracy_and_map():
     X, _, site, _, patients = _cohort_like(seed=1)
     result = evaluate_site(

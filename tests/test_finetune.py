@@ -218,6 +218,8 @@ def test_save_and_load_give_identical_outputs(tmp_path, blobs):
     assert more.weights_info_.digest == again.weights_info_.digest
     with pytest.raises(ValueError, match="not a saved FMCIBSurvivalAnalysis"):
         FMCIBSurvivalAnalysis.load(path)
+    with pytest.raises(TypeError, match="load sets head from the file"):
+        FMCIBClassifier.load(path, head="linear")
 
 
 def test_pickled_classifier_keeps_its_trained_weights(blobs):
@@ -361,6 +363,12 @@ def test_survival_rejects_plain_targets(blobs):
     X, labels = blobs
     with pytest.raises(ValueError, match="structured array"):
         FMCIBSurvivalAnalysis(**FAST, max_epochs=1).fit(X, labels)
+
+
+def test_one_class_is_named_plainly(blobs):
+    X, _ = blobs
+    with pytest.raises(ValueError, match=r"only one class: 1$"):
+        FMCIBClassifier(**FAST, max_epochs=1).fit(X, np.ones(len(X), dtype=np.int64))
 
 
 def test_non_finite_patches_are_refused(blobs):
