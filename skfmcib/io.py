@@ -141,6 +141,11 @@ class Volume:
         return self.array[lo[2] : hi[2], lo[1] : hi[1], lo[0] : hi[0]]
 
 
+def _missing(path: Path) -> ImageReadError:
+    spaces = " (the path starts or ends with a space)" if str(path) != str(path).strip() else ""
+    return ImageReadError(f"{path}: no such file or directory{spaces}")
+
+
 def _geometry_of(image_or_reader) -> Geometry:
     return Geometry(
         size=tuple(int(s) for s in image_or_reader.GetSize()),
@@ -157,13 +162,13 @@ def _pick_series(directory: Path, uids: list[str], series_uid: str | None) -> st
         if len(uids) > 1:
             raise ImageReadError(
                 f"{directory}: directory holds {len(uids)} DICOM series "
-                f"({', '.join(uids)}); give the one to use as series_uid "
+                f"({', '.join(map(repr, uids))}); give the one to use as series_uid "
                 "(a 'series_uid' column in the table)"
             )
         return uids[0]
     if series_uid not in uids:
         raise ImageReadError(
-            f"{directory}: no DICOM series {series_uid!r}; found {', '.join(uids)}"
+            f"{directory}: no DICOM series {series_uid!r}; found {', '.join(map(repr, uids))}"
         )
     return series_uid
 
@@ -393,7 +398,7 @@ def read_image(path: str | os.PathLike, series_uid: str | None = None) -> Volume
     """
     path = Path(path)
     if not path.exists():
-        raise ImageReadError(f"{path}: no such file or directory")
+        raise _missing(path)
     try:
         if path.is_dir():
             files = _dicom_series_files(path, series_uid)
@@ -1081,7 +1086,7 @@ def open_image(path: str | os.PathLike, series_uid: str | None = None) -> ImageS
     """
     path = Path(path)
     if not path.exists():
-        raise ImageReadError(f"{path}: no such file or directory")
+        raise _missing(path)
     if path.is_dir():
         return _open_dicom_directory(path, series_uid)
     _check_gzip_complete(path)

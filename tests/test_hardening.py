@@ -117,6 +117,9 @@ def test_missing_file_and_broken_symlink(tmp_path):
     assert err.path.endswith("nope.nii.gz") and "no such file" in err.reason
     os.symlink(tmp_path / "gone.nii.gz", tmp_path / "link.nii.gz")
     assert "no such file" in row_error(table_of(tmp_path / "link.nii.gz")).reason
+    write_image(tmp_path / "ct.nii.gz", ct_array())
+    err = row_error(table_of(f"{tmp_path / 'ct.nii.gz'} "))  # a space after the name
+    assert "no such file or directory (the path starts or ends with a space)" in err.reason
 
 
 def test_symlink_to_an_image_reads_the_image(good_ct, tmp_path):
@@ -240,7 +243,7 @@ def test_dicom_directory_with_several_series(tmp_path):
     write_dicom_series(tmp_path / "dcm", hu, series_uid="1.2.826.0.1.2", prefix="b")
     seed = (-90.0, -100.0, 50.0)
     err = row_error(table_of(tmp_path / "dcm", seed))
-    assert "2 DICOM series" in err.reason and "1.2.826.0.1.2" in err.reason
+    assert "2 DICOM series ('1.2.826.0.1.1', '1.2.826.0.1.2')" in err.reason
     assert "series_uid" in err.reason
     chosen = table_of(tmp_path / "dcm", seed, series_uid=["1.2.826.0.1.2"])
     assert np.isfinite(load_patches(chosen)).all()
