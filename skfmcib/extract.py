@@ -31,6 +31,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,18 @@ _FINGERPRINT_KEYS = (
     "n_rows",
     "chunk_size",
 )
+
+# Columns of a lesion table whose values the package reads: paths and DICOM series UIDs
+# (text), the seed and the mask label (numbers). Every other column of a CSV table is read
+# as text exactly as written, so that the output repeats it unchanged.
+_PATH_COLUMNS = ("image_path", "mask_path", "series_uid")
+_NUMBER_COLUMNS = (*COORD_COLUMNS, "mask_label")
+
+# Set by the command line: how messages name the options (see command_line_messages).
+_COMMAND_LINE: ContextVar[Callable[[str], str] | None] = ContextVar(
+    "skfmcib_extract_command_line", default=None
+)
+_UNSET = object()
 
 
 class ExtractError(RuntimeError):
@@ -120,6 +133,8 @@ class ExtractSummary:
         Wall time of the call.
     provenance : dict
         The provenance written into the output.
+    already_complete : bool
+        True when ``resume`` found the output finished already and wrote nothing.
     """
 
     out: Path
@@ -132,11 +147,62 @@ class ExtractSummary:
     n_duplicates: int
     seconds: float
     provenance: dict = field(repr=False)
+    already_complete: bool = False
 
     @property
     def exit_status(self) -> int:
         """0 when every row succeeded, 1 when some failed."""
         return 1 if self.n_failed else 0
+
+
+# -------------------------------------------------------------------------- messages
+
+
+@contextlib.contextmanager
+def command_line_messages(translate: Callable[[str], str] = str) -> Iterator[None]:
+    """Word the messages of the :func:`extract` calls inside for a command-line user.
+
+    Options are named by their flags (``--resume``, ``--on-error skip``) instead of their
+    parameters (``resume=True``, ``on_error='skip'``), and ``translate`` rewrites the
+    reasons of failed rows, which other modules word for Python, where they reach the
+    user (``OUT.errors.csv`` and error messages). ``skfmcib extract`` runs in it.
+
+    Parameters
+    ----------
+    translate : callable, optional
+        Maps a reason to its command-line wording; reasons are kept as they are when
+        omitted.
+    """
+    token = _COMMAND_LINE.set(translate)
+    try:
+        yield
+    finally:
+        _COMMAND_LINE.reset(token)
+
+
+def _option(name: str, value: Any = _UNSET) -> str:
+    """An option as messages name it: ``resume=True`` for Python, ``--resume`` for the CLI."""
+    if _COMMAND_LINE.get() is None:
+        return name if value is _UNSET else f"{name}={value!r}"
+    flag = "--" + name.replace("_", "-")
+    return flag if value is _UNSET or value is True else f"{flag} {value}"
+
+
+def _options(**values: Any) -> str:
+    """Options set together: ``resume=True, on_error='skip'`` or ``--resume --on-error skip``."""
+    sep = ", " if _COMMAND_LINE.get() is None else " "
+    return sep.join(_option(name, value) for name, value in values.items())
+
+
+def _reason(text: str) -> str:
+    """A failed row's reason as the user reads it (see :func:`command_line_messages`)."""
+    translate = _COMMAND_LINE.get()
+    return text if translate is None else translate(text)
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 chunk``, ``2 chunks``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 # ----------------------------------------------------------------------------- paths
@@ -209,6 +275,13 @@ def _write_json(path: Path, obj: Any) -> None:
 def read_table(path: str | os.PathLike, image_root: str | os.PathLike | None = None):
     """Read a lesion table from CSV (or Parquet) and resolve relative image paths.
 
+    In a CSV table the columns the package reads are parsed: ``image_path``,
+    ``mask_path`` and ``series_uid`` as text, ``coordX``, ``coordY``, ``coordZ`` and
+    ``mask_label`` as numbers, empty cells and ``NA`` as missing values. Every other
+    column is read as text exactly as written (``007`` stays ``007``, ``NA`` stays
+    ``NA``, an empty cell is ``""``), so that the output repeats it unchanged. A Parquet
+    table's columns keep their types.
+
     Parameters
     ----------
     path : str or path-like
@@ -235,6 +308,10 @@ def read_table(path: str | os.PathLike, image_root: str | os.PathLike | None = N
     >>> table, resolved = read_table(p)
     >>> resolved["image_path"][0] == os.path.join(d, "ct.nii.gz")
     True
+    >>> _ = p.write_text("image_path,coordX,coordY,coordZ,pid,flag\\nct.nii.gz,1,2,3,007,NA\\n")
+    >>> table, _ = read_table(p)
+    >>> table["coordX"].tolist(), table["pid"].tolist(), table["flag"].tolist()
+    ([1], ['007'], ['NA'])
     """
     path = Path(path)
     if not path.is_file():
@@ -244,13 +321,23 @@ def read_table(path: str | os.PathLike, image_root: str | os.PathLike | None = N
             _require_pyarrow("reading a .parquet table")
             table = pd.read_parquet(path)
         else:
-            table = pd.read_csv(path)
+            table = _read_csv(path)
     except (ValueError, OSError, UnicodeDecodeError) as exc:
         if isinstance(exc, pd.errors.EmptyDataError):
             raise ExtractError(f"{path}: the lesion table is empty (no header)") from exc
         raise ExtractError(f"{path}: cannot read the lesion table ({exc})") from exc
     root = Path(image_root) if image_root is not None else path.resolve().parent
     return table, resolve_paths(table, root)
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    """A CSV lesion table: the columns the package reads parsed, the others as written."""
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    parsed = pd.read_csv(path, dtype={c: str for c in _PATH_COLUMNS})
+    for col in table.columns:
+        if col in _PATH_COLUMNS or col in _NUMBER_COLUMNS:
+            table[col] = parsed[col]
+    return table
 
 
 def resolve_paths(table: pd.DataFrame, root: str | os.PathLike) -> pd.DataFrame:
@@ -464,11 +551,13 @@ def _load_part(path: Path, expected: np.ndarray) -> ChunkResult:
             failed, reasons = npz["failed"], npz["reasons"]
     except (OSError, ValueError, KeyError) as exc:
         raise ExtractError(
-            f"{path}: part file is unreadable ({exc}); delete it and resume to redo it"
+            f"{path}: part file is unreadable ({exc}); delete it and continue with "
+            f"{_option('resume', True)} to redo it"
         ) from exc
     if not np.array_equal(positions, expected):
         raise ExtractError(
-            f"{path}: part file holds other rows than its chunk; delete it and resume"
+            f"{path}: part file holds other rows than its chunk; delete it and continue "
+            f"with {_option('resume', True)}"
         )
     return ChunkResult(
         positions=positions,
@@ -483,18 +572,41 @@ def _fingerprint(provenance: Mapping[str, Any]) -> dict[str, Any]:
 
 def _check_same_run(old: Mapping[str, Any], new: Mapping[str, Any], where: Path) -> None:
     a, b = _fingerprint(old), _fingerprint(new)
-    diff = [k for k in _FINGERPRINT_KEYS if a[k] != b[k]]
+    diff = [line for k in _FINGERPRINT_KEYS for line in _differences(k, a[k], b[k])]
     if diff:
-        lines = "; ".join(f"{k}: {_short(a[k])} then, {_short(b[k])} now" for k in diff)
         raise ProvenanceMismatch(
-            f"{where} was made by a different run ({lines}); cannot resume it. Run with the "
-            "original weights, parameters and table, or pass overwrite to start over."
+            f"{where} was made by a different run ({'; '.join(diff)}); cannot resume it. Run "
+            "with the original weights, parameters and table, or pass "
+            f"{_option('overwrite', True)} to start over."
         )
 
 
-def _short(value: Any) -> str:
+def _differences(key: str, then: Any, now: Any) -> list[str]:
+    """``key: THEN then, NOW now`` for each differing value; dicts name their sub-fields.
+
+    >>> _differences("preprocessing", {"spacing_mm": 1.0, "coordinate_system": "LPS"},
+    ...              {"spacing_mm": 1.0, "coordinate_system": "RAS"})
+    ['preprocessing.coordinate_system: LPS then, RAS now']
+    """
+    if then == now:
+        return []
+    if isinstance(then, Mapping) and isinstance(now, Mapping):
+        return [
+            line
+            for sub in sorted(set(then) | set(now), key=str)
+            for line in _differences(f"{key}.{sub}", then.get(sub, _UNSET), now.get(sub, _UNSET))
+        ]
+    a, b = _short(then), _short(now)
+    if a == b:  # the same beginning: show them whole
+        a, b = _short(then, None), _short(now, None)
+    return [f"{key}: {a} then, {b} now"]
+
+
+def _short(value: Any, limit: int | None = 40) -> str:
+    if value is _UNSET:
+        return "(none)"
     text = json.dumps(value, sort_keys=True) if not isinstance(value, str) else value
-    return text if len(text) <= 40 else text[:16] + "..."
+    return text if limit is None or len(text) <= limit else text[:16] + "..."
 
 
 def read_provenance(out: str | os.PathLike) -> dict:
@@ -658,10 +770,12 @@ def extract(
         ``on_error`` and ``progress`` are replaced by this function's.
     chunk_size : int, optional
         Rows per part file (whole images are kept together); 64, or when resuming the
-        interrupted run's.
+        interrupted run's (or the finished output's).
     resume : bool, default=False
         Continue an interrupted run from its part files, after checking that it was
-        made with the same weights, parameters and table.
+        made with the same weights, parameters and table. On a finished output of the
+        same job, do nothing (``already_complete`` in the summary). The provenance
+        records each resumption's device and batch size under ``"resumed"``.
     overwrite : bool, default=False
         Start over, discarding an earlier output or unfinished run at ``out``.
     on_error : {"skip", "nan", "raise"}, default="skip"
@@ -735,7 +849,8 @@ def extract(
 def _exclusive(out: Path) -> Iterator[None]:
     """Hold a lock beside ``out`` so that two runs never write the same output.
 
-    An ``flock`` goes with its process, so a killed run leaves no stale lock.
+    The lock is an ``flock`` on ``.OUT.lock``, removed at the end. An ``flock`` goes with
+    its process: a killed run may leave the empty file behind, but never a held lock.
     """
     try:
         import fcntl
@@ -750,7 +865,7 @@ def _exclusive(out: Path) -> Iterator[None]:
         except OSError as exc:
             raise ExtractError(
                 f"{out}: another skfmcib extract is writing it (lock {path.name}); wait "
-                "for it to finish or stop it, then resume"
+                f"for it to finish, or stop it and continue with {_option('resume', True)}"
             ) from exc
         try:
             yield
@@ -779,21 +894,27 @@ def _extract(
     if fmt == "parquet":
         _require_pyarrow("writing a .parquet output")
     if on_error not in ON_ERROR:
-        raise ExtractError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        raise ExtractError(f"{_option('on_error')} must be one of {ON_ERROR}, got {on_error!r}")
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ExtractError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        raise ExtractError(
+            f"{_option('chunk_size')} must be a positive integer, got {chunk_size!r}"
+        )
     if resume and overwrite:
-        raise ExtractError("resume and overwrite exclude each other")
-    if isinstance(table, (str, os.PathLike)) and Path(table).resolve() == out.resolve():
+        raise ExtractError(
+            f"{_option('resume', True)} and {_option('overwrite', True)} exclude each other"
+        )
+    is_path = isinstance(table, (str, os.PathLike))
+    if is_path and Path(table).resolve() == out.resolve():
         raise ExtractError(f"{out}: the output would replace the lesion table")
 
+    source = f"{table}: " if is_path else ""
     table, resolved = prepare_table(table, image_root, mask_label)
     transformer = FMCIBTransformer() if transformer is None else transformer
     try:
         coordinate_system = transformer.get_params()["coordinate_system"]
         seeds = validate_table(resolved, coordinate_system)
     except (ValueError, TypeError) as exc:
-        raise ExtractError(f"lesion table: {exc}") from exc
+        raise ExtractError(f"{source}{exc}") from exc
     feature_names = None
     parts = parts_dir(out)
     manifest_path = parts / "manifest.json"
@@ -803,21 +924,25 @@ def _extract(
             shutil.rmtree(parts)
         elif not resume:
             raise ExtractError(
-                f"{parts} holds an unfinished run; pass resume (--resume) to continue it or "
-                "overwrite (--overwrite) to start over"
+                f"{parts} holds an unfinished run; pass {_option('resume', True)} to continue "
+                f"it or {_option('overwrite', True)} to start over"
             )
         else:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
             if manifest.get("format") != PARTS_FORMAT:
                 raise ExtractError(f"{manifest_path}: not a skfmcib parts manifest")
     elif parts.exists() and not resume and not overwrite and any(parts.iterdir()):
-        raise ExtractError(f"{parts} exists; pass overwrite (--overwrite) to start over")
+        raise ExtractError(f"{parts} exists; pass {_option('overwrite', True)} to start over")
     if out.exists() and manifest is None and not overwrite and not resume:
         raise ExtractError(
-            f"{out} exists; pass overwrite (--overwrite) to replace it, or resume (--resume)"
+            f"{out} exists; pass {_option('overwrite', True)} to replace it, or choose "
+            "another output"
         )
+    # A finished output: resuming it checks that it is the same job, and does nothing.
+    finished = read_provenance(out) if manifest is None and resume and out.exists() else None
     if chunk_size is None:
-        chunk_size = int(manifest["provenance"]["chunk_size"]) if manifest else DEFAULT_CHUNK_SIZE
+        recorded = manifest["provenance"] if manifest is not None else finished
+        chunk_size = int(recorded["chunk_size"]) if recorded else DEFAULT_CHUNK_SIZE
 
     # The working table is indexed by position: the transformer's messages name rows by it.
     work = resolved.reset_index(drop=True)
@@ -831,11 +956,19 @@ def _extract(
 
     if manifest is not None:
         _check_same_run(manifest["provenance"], provenance, parts)
-        provenance = {**manifest["provenance"], "resumed": provenance["created"]}
-    elif resume and out.exists():
-        _check_same_run(read_provenance(out), provenance, out)
-        say(f"{out} is complete already; nothing to resume")
-        return _summary_of_existing(out, started, provenance)
+        # The device and batch size may change: each resumption records its own.
+        this_run = {k: provenance[k] for k in ("created", "device", "batch_size")}
+        provenance = manifest["provenance"]
+        provenance["resumed"] = [*provenance.get("resumed", []), this_run]
+        _write_json(manifest_path, manifest)
+    elif finished is not None:
+        _check_same_run(finished, provenance, out)
+        summary = _summary_of_existing(out, started, finished)
+        say(
+            f"{out} is complete already ({summary.n_written} of "
+            f"{_count(summary.n_rows, 'row')}); nothing to resume"
+        )
+        return summary
     chunks = _plan_chunks(seeds, chunk_size)
     if manifest is None:
         parts.mkdir(parents=True, exist_ok=True)
@@ -850,8 +983,9 @@ def _extract(
     n_todo = int(sum(len(chunks[i]) for i in todo))
     n_images = len(set(zip(seeds["image_path"], seeds["series_uid"], strict=True)))
     say(
-        f"{len(work)} lesions in {n_images} images, {len(chunks)} chunks"
-        + (f" ({len(done)} done already, {n_todo} lesions to go)" if done else "")
+        f"{_count(len(work), 'lesion')} in {_count(n_images, 'image')}, "
+        f"{_count(len(chunks), 'chunk')}"
+        + (f" ({len(done)} done already, {_count(n_todo, 'lesion')} to go)" if done else "")
     )
 
     n_duplicates = 0
@@ -868,20 +1002,17 @@ def _extract(
                 n_duplicates += result.n_duplicates
                 if on_error == "raise" and result.errors:
                     _write_errors(out, work, table, result.errors)
-                    pos = min(result.errors)
-                    raise ExtractError(
-                        f"row {_label(table, pos)} ({work.at[pos, 'image_path']}): "
-                        f"{result.errors[pos]}. The {len(done)} chunks done are kept in "
-                        f"{parts}; fix the row (or use on_error='skip') and resume.",
-                        exit_status=1,
-                    )
+                    raise _stopped_at(result.errors, table, work, len(done), parts)
                 name = _save_part(parts, index, result)
                 done[index] = {"file": name, "rows": len(result.positions)}
                 manifest["done"] = {str(k): v for k, v in sorted(done.items())}
                 _write_json(manifest_path, manifest)
                 bar.update(len(result.positions))
     except KeyboardInterrupt:
-        say(f"interrupted; {len(done)} of {len(chunks)} chunks are kept in {parts} (resume)")
+        say(
+            f"interrupted; {len(done)} of {_count(len(chunks), 'chunk')} kept in {parts}; "
+            f"continue with {_option('resume', True)}"
+        )
         raise
 
     summary = _assemble(out, fmt, table, work, chunks, parts, on_error, provenance, feature_names)
@@ -895,6 +1026,23 @@ def _extract(
 
 def _label(table: pd.DataFrame, pos: int):
     return table.index[pos]
+
+
+def _stopped_at(
+    errors: Mapping[int, str], table: pd.DataFrame, work: pd.DataFrame, n_done: int, parts: Path
+) -> ExtractError:
+    """The error that stops a run with ``on_error="raise"``, at its first failed row."""
+    pos = min(errors)
+    resume = _option("resume", True)
+    return ExtractError(
+        f"row {_label(table, pos)} ({work.at[pos, 'image_path']}): {_reason(errors[pos])}. "
+        f"{_count(n_done, 'finished chunk')} kept in {parts}. Once the cause is fixed "
+        f"outside the table (the image file restored, for example), continue with {resume}; "
+        f"to go past the failing rows, continue with "
+        f"{_options(resume=True, on_error='skip')} (or {_option('on_error', 'nan')}). An "
+        f"edited table is another job, which {resume} refuses: write it to a new output.",
+        exit_status=1,
+    )
 
 
 def _fit(transformer: FMCIBTransformer) -> FMCIBTransformer:
@@ -936,7 +1084,7 @@ def _write_errors(
         {
             "row": [_label(table, p) for p in rows],
             "image_path": [work.at[p, "image_path"] for p in rows],
-            "reason": [errors[p] for p in rows],
+            "reason": [_reason(errors[p]) for p in rows],
         },
         columns=ERROR_COLUMNS,
     )
@@ -966,7 +1114,10 @@ def _assemble(
     for key in manifest["done"]:
         covered[chunks[int(key)]] = True
     if not covered.all():
-        raise ExtractError(f"{parts}: {int((~covered).sum())} rows have no part; resume")
+        raise ExtractError(
+            f"{parts}: {_count(int((~covered).sum()), 'row')} without a part file; continue "
+            f"with {_option('resume', True)}"
+        )
     err_path = _write_errors(out, work, table, errors)
     keep = np.ones(len(work), dtype=bool)
     if on_error == "skip" and errors:
@@ -1007,6 +1158,7 @@ def _assemble(
 
 
 def _summary_of_existing(out: Path, started: float, provenance: dict) -> ExtractSummary:
+    """What a finished output holds, for a resumption that has nothing to do."""
     errs = errors_path(out)
     n_failed = len(pd.read_csv(errs)) if errs.is_file() else 0
     n_rows = int(provenance["n_rows"])
@@ -1026,5 +1178,6 @@ def _summary_of_existing(out: Path, started: float, provenance: dict) -> Extract
         n_chunks_resumed=0,
         n_duplicates=0,
         seconds=time.perf_counter() - started,
-        provenance=read_provenance(out),
+        provenance=provenance,
+        already_complete=True,
     )

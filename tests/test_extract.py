@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, write_image
+from conftest import REPO, write_dicom_series, write_image
 
 from skfmcib import FMCIBTransformer
 from skfmcib.cli import main
@@ -27,6 +27,7 @@ from skfmcib.extract import (
     parts_dir,
     provenance_path,
     read_provenance,
+    read_table,
 )
 from skfmcib.weights import file_digest, load_encoder, save_checkpoint
 
@@ -75,6 +76,11 @@ def absolute(table: pd.DataFrame, folder: Path) -> pd.DataFrame:
     return table
 
 
+def as_written(path: Path, *columns: str) -> pd.DataFrame:
+    """A CSV file read as text: every cell as written."""
+    return pd.read_csv(path, dtype=str, keep_default_na=False, usecols=list(columns) or None)
+
+
 def feature_block(frame: pd.DataFrame) -> np.ndarray:
     cols = [c for c in frame.columns if str(c).startswith("fmcib_")]
     return frame[cols].to_numpy(dtype=np.float32)
@@ -87,7 +93,8 @@ def test_parquet_output_has_input_columns_features_and_provenance(study, checkpo
     pytest.importorskip("pyarrow")
     out = tmp_path / "features.parquet"
     summary = extract(study / "seeds.csv", out, transformer=tiny(checkpoint), chunk_size=3)
-    table = pd.read_csv(study / "seeds.csv")
+    # The columns the package does not read are carried as the CSV has them: as text.
+    table = pd.read_csv(study / "seeds.csv", dtype={"pid": str, "j": str})
     frame = pd.read_parquet(out)
     assert summary.exit_status == 0 and summary.n_written == len(table) == 12
     assert list(frame.columns[:6]) == list(table.columns)
@@ -218,7 +225,7 @@ def test_existing_output_or_parts_need_resume_or_overwrite(study, checkpoint, tm
         extract(study / "seeds.csv", out, transformer=tiny(checkpoint))
     # Resuming a finished run of the same job does nothing.
     again = extract(study / "seeds.csv", out, transformer=tiny(checkpoint), resume=True)
-    assert again.n_written == 12 and again.exit_status == 0
+    assert again.n_written == 12 and again.exit_status == 0 and again.already_complete
     extract(study / "seeds.csv", out, transformer=tiny(checkpoint), overwrite=True)
     with pytest.raises(ExtractError, match="would replace the lesion table"):
         extract(
@@ -333,9 +340,11 @@ def test_killed_run_resumes_to_the_same_output(tmp_path, checkpoint):
     a, b = pd.read_parquet(full), pd.read_parquet(out)
     # Every row once, in the table's order, with the same numbers as the uninterrupted run.
     assert len(b) == len(table) == 24 and not b.duplicated(["image_path", "j"]).any()
-    pd.testing.assert_frame_equal(b[table.columns], table)
+    pd.testing.assert_frame_equal(b[table.columns], table.astype({"pid": str, "j": str}))
     np.testing.assert_array_equal(feature_block(a), feature_block(b))
     assert not parts_dir(out).exists()
+    # The killed run may leave the empty lock file; the resumed run took the lock and removed it.
+    assert not (tmp_path / ".killed.parquet.lock").exists()
 
 
 # --- command line ------------------------------------------------------------------------------
@@ -399,7 +408,13 @@ def test_module_examples_run():
     import skfmcib.extract
     import skfmcib.masks
 
-    modules = (skfmcib.extract, skfmcib.masks, skfmcib.distributed, skfmcib.commands.extract)
+    modules = (
+        skfmcib.extract,
+        skfmcib.masks,
+        skfmcib.distributed,
+        skfmcib.commands,
+        skfmcib.commands.extract,
+    )
     for module in modules:
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0, module.__name__
@@ -419,3 +434,173 @@ def test_two_runs_never_write_the_same_output(study, checkpoint, tmp_path):
         "f.csv.errors.csv",
         "f.csv.provenance.json",
     ]
+
+
+# --- tables carried as written --------------------------------------------------------------
+
+
+def test_csv_columns_other_than_the_seed_are_carried_as_written(checkpoint, tmp_path):
+    pytest.importorskip("pyarrow")
+    hu = np.random.default_rng(3).normal(-300, 300, size=(12, 64, 64)).astype(np.int16)
+    write_dicom_series(tmp_path / "0042", hu)  # a folder whose name looks like a number
+    write_image(tmp_path / "ct.nii.gz", hu, spacing=(1.0, 1.0, 2.0))
+    (tmp_path / "seeds.csv").write_text(
+        "image_path,coordX,coordY,coordZ,series_uid,pid,flag,note,dose\n"
+        "ct.nii.gz,30,30,10,,007,NA,,1.50\n"
+        "0042,-74.4,-94.4,52,1.2.826.0.1.3680043.8.498.1,0100,n/a,a b,2\n"
+    )
+    table, resolved = read_table(tmp_path / "seeds.csv")
+    assert resolved["image_path"].tolist() == [str(tmp_path / "ct.nii.gz"), str(tmp_path / "0042")]
+    assert table["coordZ"].tolist() == [10, 52]
+    assert table["series_uid"].isna().tolist() == [True, False]
+    # Paths are text even when every one of them looks like a number.
+    (tmp_path / "dicom.csv").write_text("image_path,coordX,coordY,coordZ\n0042,-74.4,-94.4,52\n")
+    assert read_table(tmp_path / "dicom.csv")[1]["image_path"][0] == str(tmp_path / "0042")
+    carried = ["pid", "flag", "note", "dose"]
+    written = as_written(tmp_path / "seeds.csv", *carried)
+    assert written["pid"].tolist() == ["007", "0100"] and written["flag"][0] == "NA"
+
+    outputs = {}
+    for suffix in (".csv", ".parquet"):
+        out = tmp_path / f"f{suffix}"
+        summary = extract(tmp_path / "seeds.csv", out, transformer=tiny(checkpoint))
+        assert summary.exit_status == 0 and summary.n_written == 2
+        outputs[suffix] = as_written(out, *carried) if suffix == ".csv" else pd.read_parquet(out)
+    # The CSV output repeats the cells as written, and the Parquet output holds the same text.
+    pd.testing.assert_frame_equal(outputs[".csv"], written, check_dtype=False)
+    pd.testing.assert_frame_equal(outputs[".parquet"][carried], written, check_dtype=False)
+    np.testing.assert_array_equal(
+        feature_block(pd.read_csv(tmp_path / "f.csv")),
+        feature_block(pd.read_parquet(tmp_path / "f.parquet")),
+    )
+
+
+# --- resuming: finished outputs, what differs, what each run used ---------------------------
+
+
+def test_resume_of_a_finished_output_takes_its_chunk_size_and_writes_nothing(
+    study, checkpoint, tmp_path, capsys
+):
+    out = tmp_path / "f.parquet"
+    common = ["extract", str(study / "seeds.csv"), "-o", str(out), "--weights", str(checkpoint)]
+    common += ["--device", "cpu"]
+    assert main([*common, "--chunk-size", "2"]) == 0
+    assert read_provenance(out)["chunk_size"] == 2
+    before = out.stat().st_mtime_ns
+    capsys.readouterr()
+    assert main([*common, "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "is complete already (12 of 12 rows); nothing to resume" in err
+    assert "wrote" not in err and out.stat().st_mtime_ns == before
+    # Another chunk size, given, is another job.
+    assert main([*common, "--resume", "--chunk-size", "5"]) == 2
+    assert "chunk_size: 2 then, 5 now" in capsys.readouterr().err
+    summary = extract(study / "seeds.csv", out, transformer=tiny(checkpoint), resume=True)
+    assert summary.already_complete and summary.n_chunks == 0 and summary.n_written == 12
+
+
+def test_a_resume_mismatch_names_the_sub_fields_that_differ(study, checkpoint, tmp_path):
+    out = tmp_path / "f.csv"
+    table = _unfinished_run(study, checkpoint, out)
+    with pytest.raises(ProvenanceMismatch) as info:
+        extract(table, out, transformer=tiny(checkpoint, coordinate_system="RAS"), resume=True)
+    message = str(info.value)
+    assert "preprocessing.coordinate_system: LPS then, RAS now" in message
+    assert "spacing_mm" not in message and "..." not in message
+    wider = EncoderConfig(arch="resnet10", widen_factor=0.5)
+    net, _ = load_encoder(None, config=wider, random_state=0)
+    other = save_checkpoint(net, tmp_path / "wider.torch")
+    with pytest.raises(ProvenanceMismatch) as info:
+        extract(table, out, transformer=tiny(other), resume=True)
+    message = str(info.value)
+    assert "encoder_config.widen_factor: 0.25 then, 0.5 now" in message
+    assert "encoder_config.arch" not in message and "n_features: 128 then, 256 now" in message
+
+
+def test_each_resumption_records_its_device_and_batch_size(study, checkpoint, tmp_path):
+    out = tmp_path / "f.csv"
+    table = _unfinished_run(study, checkpoint, out)  # batch size 8
+    with pytest.raises(ExtractError, match=r"row 2 \("):  # stops again at the same row
+        extract(
+            table, out, transformer=tiny(checkpoint, batch_size=3), on_error="raise", resume=True
+        )
+    extract(table, out, transformer=tiny(checkpoint, batch_size=5), resume=True)
+    prov = read_provenance(out)
+    assert (prov["device"], prov["batch_size"]) == ("cpu", 8)  # the run that started it
+    assert [(r["device"], r["batch_size"]) for r in prov["resumed"]] == [("cpu", 3), ("cpu", 5)]
+    assert all(r["created"] >= prov["created"] for r in prov["resumed"])
+
+
+def test_a_failure_resumes_once_fixed_outside_the_table(study, checkpoint, tmp_path):
+    folder = tmp_path / "study"
+    folder.mkdir()
+    table = make_images(folder, 3, 2, seed=1)
+    table.to_csv(folder / "seeds.csv", index=False)
+    hidden = folder / "ct01.nii.gz.away"
+    (folder / "ct01.nii.gz").rename(hidden)
+    out = tmp_path / "f.csv"
+    with pytest.raises(ExtractError) as info:
+        extract(
+            folder / "seeds.csv", out, transformer=tiny(checkpoint), on_error="raise", chunk_size=1
+        )
+    message = str(info.value)
+    assert "1 finished chunk kept in" in message and "continue with resume=True;" in message
+    assert "resume=True, on_error='skip'" in message and "new output" in message
+    # Editing the table makes another job, which resume refuses ...
+    table.iloc[[0, 1, 4, 5]].to_csv(folder / "seeds.csv", index=False)
+    with pytest.raises(ProvenanceMismatch, match="table_sha256"):
+        extract(folder / "seeds.csv", out, transformer=tiny(checkpoint), resume=True)
+    # ... while restoring the image file (and the table) resumes.
+    table.to_csv(folder / "seeds.csv", index=False)
+    hidden.rename(folder / "ct01.nii.gz")
+    summary = extract(
+        folder / "seeds.csv", out, transformer=tiny(checkpoint), on_error="raise", resume=True
+    )
+    assert (summary.n_chunks_resumed, summary.n_written, summary.n_failed) == (1, 6, 0)
+
+
+# --- the command line's wording ---------------------------------------------------------------
+
+
+def test_cli_messages_name_the_flags(bad_study, checkpoint, tmp_path, capsys):
+    out = tmp_path / "f.csv"
+    common = ["extract", str(bad_study), "-o", str(out), "--weights", str(checkpoint)]
+    common += ["--device", "cpu", "--chunk-size", "1"]
+    assert main([*common, "--on-error", "raise"]) == 1
+    err = capsys.readouterr().err
+    assert "continue with --resume;" in err and "--resume --on-error skip" in err
+    assert "=" not in err
+    assert main(common) == 2
+    err = capsys.readouterr().err
+    assert "pass --resume to continue it or --overwrite to start over" in err
+    assert main([*common, "--resume", "--overwrite"]) == 2
+    assert "--resume and --overwrite exclude each other" in capsys.readouterr().err
+    assert main([*common, "--resume", "--coordinate-system", "RAS"]) == 2
+    assert "pass --overwrite to start over" in capsys.readouterr().err
+    assert main([*common, "--resume"]) == 1
+    reasons = pd.read_csv(errors_path(out))["reason"]
+    assert "use --coordinate-system RAS" in reasons[1] and "coordinate_system=" not in reasons[1]
+    assert main(common) == 2
+    assert "exists; pass --overwrite to replace it" in capsys.readouterr().err
+    # The Python API keeps its own spelling.
+    api = extract(bad_study, tmp_path / "api.csv", transformer=tiny(checkpoint))
+    assert "use coordinate_system='RAS'" in pd.read_csv(api.errors_path)["reason"][1]
+
+
+def test_cli_messages_count_in_the_singular_and_name_the_table(
+    checkpoint, study, tmp_path, capsys
+):
+    table = pd.read_csv(study / "seeds.csv").iloc[:1]
+    table["image_path"] = [str(study / p) for p in table["image_path"]]
+    table.to_csv(tmp_path / "one.csv", index=False)
+    args = ["--weights", str(checkpoint), "--device", "cpu"]
+    assert main(["extract", str(tmp_path / "one.csv"), "-o", str(tmp_path / "f.csv"), *args]) == 0
+    err = capsys.readouterr().err
+    assert "1 lesion in 1 image, 1 chunk\n" in err and "1 of 1 row in" in err
+    table.iloc[:0].to_csv(tmp_path / "empty.csv", index=False)
+    assert (
+        main(["extract", str(tmp_path / "empty.csv"), "-o", str(tmp_path / "e.csv"), *args]) == 2
+    )
+    err = capsys.readouterr().err
+    assert f"error: {tmp_path / 'empty.csv'}: lesion table is empty" in err
+    assert "lesion table: lesion table" not in err

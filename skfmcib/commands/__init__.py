@@ -3,3 +3,51 @@
 Each module defines ``add_parser(subparsers)``, which adds its parser and sets
 ``func`` to a ``run(args) -> int`` function.
 """
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+# Options as the library's messages name them, and the flags that set them.
+FLAGS = {
+    "coordinate_system='RAS'": "--coordinate-system RAS",
+    "coordinate_system='LPS'": "--coordinate-system LPS",
+}
+
+
+def as_flags(message: str, flags: Mapping[str, str] = FLAGS) -> str:
+    """Reword a library message for the command line: options named by their flags.
+
+    Parameters
+    ----------
+    message : str
+        A message of the Python API, e.g. a failed row's reason.
+    flags : mapping, optional
+        Python spellings and the flags that replace them; the encoder's by default.
+
+    Returns
+    -------
+    str
+        The message, each spelling in ``flags`` replaced by its flag.
+
+    Examples
+    --------
+    >>> from skfmcib.commands import as_flags
+    >>> as_flags("if the coordinates are RAS, use coordinate_system='RAS'")
+    'if the coordinates are RAS, use --coordinate-system RAS'
+    """
+    for python, flag in flags.items():
+        message = message.replace(python, flag)
+    return message
+
+
+def counted(n: int, noun: str) -> str:
+    """``1 row``, ``2 rows``.
+
+    Examples
+    --------
+    >>> from skfmcib.commands import counted
+    >>> counted(1, "chunk"), counted(2, "chunk")
+    ('1 chunk', '2 chunks')
+    """
+    return f"{n} {noun}{'' if n == 1 else 's'}"

@@ -9,11 +9,20 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
 from .._precision import PRECISIONS
-from ..extract import DEFAULT_CHUNK_SIZE, ON_ERROR, ExtractError, extract
+from ..extract import (
+    DEFAULT_CHUNK_SIZE,
+    ON_ERROR,
+    ExtractError,
+    ExtractSummary,
+    command_line_messages,
+    extract,
+)
 from ..io import ImageReadError
 from ..table import RowError
+from . import as_flags, counted
 
 
 def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
@@ -115,7 +124,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default=None,
         help=f"rows per part file, whole images kept together ({DEFAULT_CHUNK_SIZE})",
     )
-    g.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run (on a finished OUT of the same job: do nothing)",
+    )
     g.add_argument(
         "--overwrite", action="store_true", help="replace OUT or an unfinished run's parts"
     )
@@ -159,41 +172,54 @@ def run(args: argparse.Namespace) -> int:
     """Run ``skfmcib extract``; returns the exit status."""
     say = _say(args.quiet)
     try:
-        summary = extract(
-            args.seeds,
-            args.output,
-            transformer=transformer_from_args(args),
-            chunk_size=args.chunk_size,
-            resume=args.resume,
-            overwrite=args.overwrite,
-            on_error=args.on_error,
-            scheduler=args.scheduler,
-            progress=args.progress,
-            image_root=args.image_root,
-            mask_label=args.mask_label,
-            log=say,
-        )
+        with command_line_messages(as_flags):
+            summary = extract(
+                args.seeds,
+                args.output,
+                transformer=transformer_from_args(args),
+                chunk_size=args.chunk_size,
+                resume=args.resume,
+                overwrite=args.overwrite,
+                on_error=args.on_error,
+                scheduler=args.scheduler,
+                progress=args.progress,
+                image_root=args.image_root,
+                mask_label=args.mask_label,
+                log=say,
+            )
     except ExtractError as exc:
-        print(f"skfmcib extract: error: {exc}", file=sys.stderr)
+        print(f"skfmcib extract: error: {as_flags(str(exc))}", file=sys.stderr)
         return exc.exit_status
     except (RowError, ImageReadError) as exc:
-        print(f"skfmcib extract: error: {exc}", file=sys.stderr)
+        print(f"skfmcib extract: error: {as_flags(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("skfmcib extract: interrupted; continue with --resume", file=sys.stderr)
         return 2
-    extra = f", {summary.n_chunks_resumed} chunks from the earlier run" * bool(
-        summary.n_chunks_resumed
-    )
-    say(
-        f"wrote {summary.out}: {summary.n_written} of {summary.n_rows} rows "
-        f"in {summary.seconds:.1f} s{extra}"
-    )
+    _report(summary, say)
+    return summary.exit_status
+
+
+def _report(summary: ExtractSummary, say: Callable[[str], None]) -> None:
+    """Print what a run did; a finished output that ``--resume`` left alone is not rewritten,
+    so only its failed rows are reported (the library said that it was complete)."""
+    if not summary.already_complete:
+        extra = ""
+        if summary.n_chunks_resumed:
+            extra = f", {counted(summary.n_chunks_resumed, 'chunk')} from the earlier run"
+        say(
+            f"wrote {summary.out}: {summary.n_written} of {counted(summary.n_rows, 'row')} "
+            f"in {summary.seconds:.1f} s{extra}"
+        )
     if summary.n_duplicates:
-        say(f"{summary.n_duplicates} duplicate rows (same image and seed) were computed once")
+        n = summary.n_duplicates
+        say(
+            f"{counted(n, 'duplicate row')} (same image and seed as an earlier row) "
+            f"{'was' if n == 1 else 'were'} computed once"
+        )
     if summary.n_failed:
         print(
-            f"skfmcib extract: {summary.n_failed} rows failed; reasons in {summary.errors_path}",
+            f"skfmcib extract: {counted(summary.n_failed, 'row')} failed; reasons in "
+            f"{summary.errors_path}",
             file=sys.stderr,
         )
-    return summary.exit_status

@@ -19,6 +19,10 @@ from .._precision import PRECISIONS
 from ..io import ImageReadError
 from ..table import RowError
 from ..weights import CheckpointError
+from . import FLAGS, as_flags
+
+# The library's spellings of options, as the flags of ``skfmcib pretrain``.
+PRETRAIN_FLAGS = {**FLAGS, "resume=False": "--restart"}
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -127,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.quiet,
         )
     except (ValueError, RowError, ImageReadError, CheckpointError, FileNotFoundError) as exc:
-        print(f"skfmcib pretrain: {exc}", file=sys.stderr)
+        print(f"skfmcib pretrain: {as_flags(str(exc), PRETRAIN_FLAGS)}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) == 0:
         print(out)

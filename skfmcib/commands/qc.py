@@ -13,6 +13,7 @@ from ..extract import ExtractError
 from ..io import ImageReadError
 from ..qc import WINDOWS, quality_control
 from ..table import RowError
+from . import as_flags, counted
 
 
 def _window(text: str):
@@ -85,18 +86,20 @@ def run(args: argparse.Namespace) -> int:
             log=say,
         )
     except (ExtractError, RowError, ImageReadError, ValueError, ImportError) as exc:
-        print(f"skfmcib qc: error: {exc}", file=sys.stderr)
+        print(f"skfmcib qc: error: {as_flags(str(exc))}", file=sys.stderr)
         return 2
     say(
-        f"wrote {summary.index} ({len(summary.table)} lesions, {summary.n_flagged} flagged, "
+        f"wrote {summary.index} ({counted(len(summary.table), 'lesion')}, "
+        f"{summary.n_flagged} flagged, "
         f"{summary.n_failed} not drawn) in {summary.seconds:.1f} s"
     )
     for _, entry in summary.table.iterrows():
         if entry["flag"]:
-            say(f"row {entry['row']} ({entry['image_path']}): {entry['flag']}")
+            say(f"row {entry['row']} ({entry['image_path']}): {as_flags(entry['flag'])}")
         if entry["error"]:
             print(
-                f"skfmcib qc: row {entry['row']} ({entry['image_path']}): {entry['error']}",
+                f"skfmcib qc: row {entry['row']} ({entry['image_path']}): "
+                f"{as_flags(entry['error'])}",
                 file=sys.stderr,
             )
     return 1 if summary.n_failed else 0
