@@ -859,14 +859,26 @@ def _exclusive(out: Path) -> Iterator[None]:
         return
     out.parent.mkdir(parents=True, exist_ok=True)
     path = out.with_name(f".{out.name}.lock")
-    with open(path, "a+b") as fh:
+    while True:
+        fh = open(path, "a+b")  # closed below, or by the with block
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
+            fh.close()
             raise ExtractError(
                 f"{out}: another skfmcib extract is writing it (lock {path.name}); wait "
                 f"for it to finish, or stop it and continue with {_option('resume', True)}"
             ) from exc
+        # The run before may have removed the file between our open and our lock: then
+        # the lock is on a file nobody else can find, and the path must be locked anew.
+        try:
+            same = os.stat(path).st_ino == os.fstat(fh.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        fh.close()
+    with fh:
         try:
             yield
         finally:

@@ -436,6 +436,32 @@ def test_two_runs_never_write_the_same_output(study, checkpoint, tmp_path):
     ]
 
 
+def test_a_lock_taken_on_a_removed_lock_file_is_taken_again(tmp_path, monkeypatch):
+    # The race cannot be timed in a test: a finishing run removes the lock file between
+    # this run's open and its flock, as simulated here in the first flock call.
+    import fcntl
+
+    from skfmcib.extract import _exclusive
+
+    out = tmp_path / "f.csv"
+    lock = tmp_path / ".f.csv.lock"
+    real_flock, calls = fcntl.flock, []
+
+    def flock(fh, op):
+        calls.append(op)
+        if len(calls) == 1:
+            lock.unlink()  # the other run's clean-up ...
+            lock.touch()  # ... and a third run's new lock file
+        return real_flock(fh, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    with _exclusive(out):
+        assert len(calls) == 2  # the first lock, on the removed file, was not kept
+        with open(lock, "a+b") as other, pytest.raises(OSError):
+            real_flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the file at the path is held
+    assert not lock.exists()
+
+
 # --- tables carried as written --------------------------------------------------------------
 
 
