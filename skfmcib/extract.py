@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from ._progress import Progress
+from ._text import counted
 from .patches import HU_OFFSET, HU_SCALE, PATCH_SIZE, RowWarning
 from .table import COORD_COLUMNS, validate_table
 from .transformer import FMCIBTransformer
@@ -198,11 +199,6 @@ def _reason(text: str) -> str:
     """A failed row's reason as the user reads it (see :func:`command_line_messages`)."""
     translate = _COMMAND_LINE.get()
     return text if translate is None else translate(text)
-
-
-def _count(n: int, noun: str) -> str:
-    """``1 chunk``, ``2 chunks``."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 # ----------------------------------------------------------------------------- paths
@@ -978,7 +974,7 @@ def _extract(
         summary = _summary_of_existing(out, started, finished)
         say(
             f"{out} is complete already ({summary.n_written} of "
-            f"{_count(summary.n_rows, 'row')}); nothing to resume"
+            f"{counted(summary.n_rows, 'row')}); nothing to resume"
         )
         return summary
     chunks = _plan_chunks(seeds, chunk_size)
@@ -995,9 +991,9 @@ def _extract(
     n_todo = int(sum(len(chunks[i]) for i in todo))
     n_images = len(set(zip(seeds["image_path"], seeds["series_uid"], strict=True)))
     say(
-        f"{_count(len(work), 'lesion')} in {_count(n_images, 'image')}, "
-        f"{_count(len(chunks), 'chunk')}"
-        + (f" ({len(done)} done already, {_count(n_todo, 'lesion')} to go)" if done else "")
+        f"{counted(len(work), 'lesion')} in {counted(n_images, 'image')}, "
+        f"{counted(len(chunks), 'chunk')}"
+        + (f" ({len(done)} done already, {counted(n_todo, 'lesion')} to go)" if done else "")
     )
 
     n_duplicates = 0
@@ -1022,7 +1018,7 @@ def _extract(
                 bar.update(len(result.positions))
     except KeyboardInterrupt:
         say(
-            f"interrupted; {len(done)} of {_count(len(chunks), 'chunk')} kept in {parts}; "
+            f"interrupted; {len(done)} of {counted(len(chunks), 'chunk')} kept in {parts}; "
             f"continue with {_option('resume', True)}"
         )
         raise
@@ -1048,7 +1044,7 @@ def _stopped_at(
     resume = _option("resume", True)
     return ExtractError(
         f"row {_label(table, pos)} ({work.at[pos, 'image_path']}): {_reason(errors[pos])}. "
-        f"{_count(n_done, 'finished chunk')} kept in {parts}. Once the cause is fixed "
+        f"{counted(n_done, 'finished chunk')} kept in {parts}. Once the cause is fixed "
         f"outside the table (the image file restored, for example), continue with {resume}; "
         f"to go past the failing rows, continue with "
         f"{_options(resume=True, on_error='skip')} (or {_option('on_error', 'nan')}). An "
@@ -1127,7 +1123,7 @@ def _assemble(
         covered[chunks[int(key)]] = True
     if not covered.all():
         raise ExtractError(
-            f"{parts}: {_count(int((~covered).sum()), 'row')} without a part file; continue "
+            f"{parts}: {counted(int((~covered).sum()), 'row')} without a part file; continue "
             f"with {_option('resume', True)}"
         )
     err_path = _write_errors(out, work, table, errors)

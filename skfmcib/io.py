@@ -624,12 +624,7 @@ class _RawSource(ImageSource):
         self._offset = offset
         # A truncated file is refused whole, not only for the boxes in its missing part.
         need = offset + int(np.prod(geometry.size)) * dtype.itemsize
-        have = os.stat(path).st_size
-        if have < need:
-            raise ImageReadError(
-                f"{path}: file is shorter than its header says ({have} bytes; the header "
-                f"describes {need}): truncated?"
-            )
+        _check_length(Path(path), Path(path), need)
 
     def _read(self, lo, hi):
         nx, ny, _ = self.geometry.size
@@ -828,12 +823,17 @@ def _check_meta_complete(path: Path, size: tuple[int, ...]) -> None:
         return
     data = path if name == "LOCAL" else path.parent / name
     offset = header if name == "LOCAL" else skip
-    need = offset + int(np.prod(size)) * item * channels
+    _check_length(path, data, offset + int(np.prod(size)) * item * channels, named=True)
+
+
+def _check_length(path: Path, data: Path, need: int, named: bool = False) -> None:
+    """Refuse an image whose voxel file ``data`` has fewer than ``need`` bytes."""
     have = data.stat().st_size if data.is_file() else 0
     if have < need:
+        where = f" in {data.name}" if named else ""
         raise ImageReadError(
-            f"{path}: file is shorter than its header says ({have} bytes in {data.name}; "
-            f"the header describes {need}): truncated?"
+            f"{path}: file is shorter than its header says ({have} bytes{where}; the header "
+            f"describes {need}): truncated?"
         )
 
 

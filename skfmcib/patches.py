@@ -26,6 +26,7 @@ from sklearn.utils.validation import check_array
 
 from ._pipeline import prefetch
 from ._process import release_free_memory
+from ._text import listing
 from .io import Geometry, ImageReadError, Volume, open_image
 from .table import RowError, row_problem, validate_table
 
@@ -629,10 +630,9 @@ def check_patch_array(X) -> np.ndarray:
     finite = np.fromiter((np.isfinite(p).all() for p in out), dtype=bool, count=len(out))
     if not finite.all():
         bad = np.flatnonzero(~finite)
-        named = ", ".join(str(i) for i in bad[:10]) + (", ..." if len(bad) > 10 else "")
         raise ValueError(
             f"{len(bad)} of {len(out)} patches contain NaN or infinite values "
-            f"(patch {named}); patches must be finite"
+            f"(patch {listing(bad)}); patches must be finite"
         )
     return out
 

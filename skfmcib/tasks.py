@@ -53,6 +53,7 @@ from sksurv.linear_model import CoxPHSurvivalAnalysis
 from sksurv.metrics import as_concordance_index_ipcw_scorer
 from sksurv.util import check_y_survival
 
+from ._text import listing
 from .evaluation import (
     BootstrapCI,
     bootstrap_ci,
@@ -560,10 +561,9 @@ def _check_labels(y, task: str) -> np.ndarray:
     y = np.asarray(y)
     missing = np.flatnonzero(pd.isna(y)) if y.dtype.kind in "fcOU" else np.array([], int)
     if len(missing):
-        shown = ", ".join(str(i) for i in missing[:10]) + (", ..." if len(missing) > 10 else "")
         raise ValueError(
             f"{task}: {len(missing)} of {len(y)} labels missing (NaN or None), at positions "
-            f"{shown}; drop those lesions first"
+            f"{listing(missing)}; drop those lesions first"
         )
     return y
 

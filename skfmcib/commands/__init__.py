@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from .._text import counted
+
+__all__ = ["FLAGS", "as_flags", "counted"]
+
 # Options as the library's messages name them, and the flags that set them.
 FLAGS = {
     "coordinate_system='RAS'": "--coordinate-system RAS",
@@ -39,15 +43,3 @@ def as_flags(message: str, flags: Mapping[str, str] = FLAGS) -> str:
     for python, flag in flags.items():
         message = message.replace(python, flag)
     return message
-
-
-def counted(n: int, noun: str) -> str:
-    """``1 row``, ``2 rows``.
-
-    Examples
-    --------
-    >>> from skfmcib.commands import counted
-    >>> counted(1, "chunk"), counted(2, "chunk")
-    ('1 chunk', '2 chunks')
-    """
-    return f"{n} {noun}{'' if n == 1 else 's'}"

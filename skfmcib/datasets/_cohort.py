@@ -22,6 +22,8 @@ import pandas as pd
 import SimpleITK as sitk
 from scipy import ndimage
 
+from .._text import listing
+
 __all__ = ["DENSITIES", "MARGINS", "SITES", "make_lesion_cohort"]
 
 #: Anatomical sites, the ``site`` label.
@@ -305,10 +307,10 @@ def make_lesion_cohort(
     if not overwrite and out_dir.is_dir():
         clashes = [n for n in names if (out_dir / n).exists()]
         if clashes:
-            shown = ", ".join(clashes[:5]) + (", ..." if len(clashes) > 5 else "")
             raise FileExistsError(
                 f"{len(clashes)} file(s) to be written already exist in {str(out_dir)!r} "
-                f"({shown}); pass overwrite=True to replace them or choose another directory"
+                f"({listing(clashes, limit=5)}); pass overwrite=True to replace them or choose "
+                "another directory"
             )
     out_dir.mkdir(parents=True, exist_ok=True)
 
