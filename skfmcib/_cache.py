@@ -18,7 +18,9 @@ in this process are also kept in memory (64 MB at most) for the next lookups.
 
 from __future__ import annotations
 
+import os
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Any
@@ -44,6 +46,8 @@ PREPROCESSING = (
 
 def _lesion_features(key: Hashable, features: Any = None) -> Any:
     """Identity function memoised by joblib: its stored output is the features of ``key``."""
+    # Keep this function's text as it is: joblib empties a function's cache when its
+    # source changes, so another version of it would wipe the folders it shares.
     return features
 
 
@@ -81,6 +85,14 @@ class _Recent:
 _RECENT = _Recent()
 
 
+def _writable(folder: str) -> bool:
+    """Whether files can be created in ``folder`` (or the nearest folder above it)."""
+    path = os.path.abspath(folder)
+    while not os.path.isdir(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return os.access(path, os.W_OK)
+
+
 class FeatureCache:
     """Look up and store per-lesion features in a ``joblib.Memory``.
 
@@ -98,6 +110,7 @@ class FeatureCache:
         self._func = memory.cache(_lesion_features, ignore=["features"], verbose=0)
         self._prefix = (_FORMAT, __version__, encoder_key, PREPROCESSING)
         self._where = str(memory.location)
+        self._writable = _writable(self._func.store_backend.location)
 
     def row_keys(self, seeds: pd.DataFrame) -> list[tuple | None]:
         """Keys of the rows of :func:`~skfmcib.table.validate_table` output (None: uncachable)."""
@@ -130,13 +143,30 @@ class FeatureCache:
             return recent.copy()
         if not self._func.check_call_in_cache(full):
             return None
-        value = self._func(full)
+        try:
+            # Read the stored entry without calling through joblib, which would store
+            # None in place of an entry it cannot read (and print its traceback).
+            value = self._func.call_and_shelve(full).get()
+        except Exception:  # a truncated or corrupt entry, or one removed meanwhile
+            return None
+        if not isinstance(value, np.ndarray) or value.ndim != 1:
+            return None  # not features: stored again by put
         _RECENT.put((self._where, full), np.array(value, dtype=np.float32))
         return value
 
     def put(self, key: tuple | None, features: np.ndarray) -> None:
-        """Store the features of ``key``."""
-        if key is not None:
-            value = np.array(features, dtype=np.float32)
-            self._func((self._prefix, key), features=value)
-            _RECENT.put((self._where, (self._prefix, key)), value.copy())
+        """Store the features of ``key`` (replacing an unreadable entry)."""
+        if key is None:
+            return
+        value = np.array(features, dtype=np.float32)
+        if self._writable:
+            self._func.call((self._prefix, key), features=value)
+        elif self._writable is False:
+            self._writable = None  # said once
+            warnings.warn(
+                f"memory={self._where!r}: the feature cache folder is not writable; "
+                "features stored in it are read, new ones are not stored",
+                UserWarning,
+                stacklevel=5,
+            )
+        _RECENT.put((self._where, (self._prefix, key)), value.copy())

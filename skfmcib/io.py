@@ -141,9 +141,16 @@ class Volume:
         return self.array[lo[2] : hi[2], lo[1] : hi[1], lo[0] : hi[0]]
 
 
-def _missing(path: Path) -> ImageReadError:
-    spaces = " (the path starts or ends with a space)" if str(path) != str(path).strip() else ""
-    return ImageReadError(f"{path}: no such file or directory{spaces}")
+def _require_exists(path: Path) -> None:
+    """Raise an :class:`ImageReadError` naming ``path`` unless it exists."""
+    try:
+        exists = path.exists()
+    except OSError as exc:  # a name too long, a folder without permission, ...
+        raise ImageReadError(f"{path}: cannot be examined ({exc.strerror or exc})") from exc
+    if not exists:
+        name = str(path)
+        spaces = " (the path starts or ends with a space)" if name != name.strip() else ""
+        raise ImageReadError(f"{path}: no such file or directory{spaces}")
 
 
 def _geometry_of(image_or_reader) -> Geometry:
@@ -397,8 +404,7 @@ def read_image(path: str | os.PathLike, series_uid: str | None = None) -> Volume
     [0.7, 0.7, 2.5]
     """
     path = Path(path)
-    if not path.exists():
-        raise _missing(path)
+    _require_exists(path)
     try:
         if path.is_dir():
             files = _dicom_series_files(path, series_uid)
@@ -828,7 +834,9 @@ def _check_meta_complete(path: Path, size: tuple[int, ...]) -> None:
 
 def _check_length(path: Path, data: Path, need: int, named: bool = False) -> None:
     """Refuse an image whose voxel file ``data`` has fewer than ``need`` bytes."""
-    have = data.stat().st_size if data.is_file() else 0
+    if not data.is_file():
+        raise ImageReadError(f"{path}: the data file its header names, {data}, does not exist")
+    have = data.stat().st_size
     if have < need:
         where = f" in {data.name}" if named else ""
         raise ImageReadError(
@@ -1085,8 +1093,7 @@ def open_image(path: str | os.PathLike, series_uid: str | None = None) -> ImageS
     True
     """
     path = Path(path)
-    if not path.exists():
-        raise _missing(path)
+    _require_exists(path)
     if path.is_dir():
         return _open_dicom_directory(path, series_uid)
     _check_gzip_complete(path)
@@ -1153,15 +1160,69 @@ def _open_dicom_directory(path: Path, series_uid: str | None) -> ImageSource:
 
 # ------------------------------------------------------------------------ identity
 
-_HEADER_SUFFIXES = (".mhd", ".hdr", ".nhdr")
+_ANALYZE_PAIRS = ((".hdr", (".img", ".img.gz")), (".hdr.gz", (".img", ".img.gz")),
+                  (".img", (".hdr", ".hdr.gz")), (".img.gz", (".hdr", ".hdr.gz")))  # fmt: skip
 
 
-def _data_files(path: Path) -> list[Path]:
-    """Files beside a header-only image file that hold its voxels."""
-    if not path.name.lower().endswith(_HEADER_SUFFIXES):
-        return []
-    stem = path.name.split(".")[0]
-    return sorted(p for p in path.parent.glob(stem + ".*") if p != path and p.is_file())
+def _listed_files(folder: Path, spec: str, following: list[str]) -> list[Path] | None:
+    """The files a MetaImage ``ElementDataFile`` or NRRD ``data file`` field names.
+
+    ``spec`` is the field's value: one file name, ``LIST`` (the names follow, one a line)
+    or a ``printf`` pattern with its first, last and step numbers. None: not understood.
+    """
+    words = spec.split()
+    if not words:
+        return None
+    if words[0].upper() == "LIST":
+        names = [line.strip() for line in following if line.strip()]
+    elif "%" in words[0]:
+        try:
+            first, last, step = (int(w) for w in words[1:4])
+            names = [words[0] % i for i in range(first, last + (1 if step > 0 else -1), step)]
+        except (ValueError, TypeError):
+            return None
+    else:
+        names = [spec]
+    return [folder / name for name in names]
+
+
+def _data_files(path: Path) -> list[Path] | None:
+    """Files other than ``path`` that hold its image: a detached header's voxel files.
+
+    For a MetaImage or NRRD header, the files its ``ElementDataFile`` / ``data file``
+    field names; for one half of an Analyze or NIfTI ``.hdr``/``.img`` pair, the other.
+    None when a header names its data files in a way not understood here.
+    """
+    name = path.name.lower()
+    for suffix, partners in _ANALYZE_PAIRS:
+        if name.endswith(suffix):
+            stem = path.name[: -len(suffix)]
+            return [q for q in (path.with_name(stem + s) for s in partners) if q.is_file()]
+    if name.endswith((".mhd", ".mha")):
+        # A detached header is small; an attached one's voxels follow its header.
+        with open(path, "rb") as f:
+            lines = f.read(1 << 20 if name.endswith(".mhd") else 1 << 16)
+        lines = lines.decode("latin-1").splitlines()
+        for i, line in enumerate(lines):
+            key, _, value = line.partition("=")
+            if key.strip() == "ElementDataFile":
+                value = value.strip()
+                if value == "LOCAL":
+                    return []
+                return _listed_files(path.parent, value, lines[i + 1 :])
+        return None
+    if name.endswith((".nhdr", ".nrrd")):
+        with open(path, "rb") as f:
+            head = f.read(1 << 20 if name.endswith(".nhdr") else 1 << 16)
+        if name.endswith(".nrrd"):
+            head = head.split(b"\n\n", 1)[0]  # the voxels of an attached file follow
+        lines = head.decode("latin-1").splitlines()
+        for i, line in enumerate(lines):
+            key, sep, value = line.partition(": ")
+            if sep and key.strip().lower() in ("data file", "datafile"):
+                return _listed_files(path.parent, value.strip(), lines[i + 1 :])
+        return None if name.endswith(".nhdr") else []
+    return []
 
 
 def image_identity(path: str | os.PathLike, series_uid: str | None = None) -> tuple | None:
@@ -1177,10 +1238,12 @@ def image_identity(path: str | os.PathLike, series_uid: str | None = None) -> tu
     Returns
     -------
     tuple or None
-        The absolute path and, for the file (with the data file of a header-only
-        format such as ``.mhd``) or every file of a directory: size, modification
-        and status-change times (ns) and inode. Rewriting, replacing or touching a
-        file changes it. None when the path does not exist.
+        The absolute path and, for the file (with the data files its header names,
+        for ``.mhd`` or ``.nhdr``, or the other half of an ``.hdr``/``.img`` pair) or
+        every file of a directory: size, modification and status-change times (ns)
+        and inode. Rewriting, replacing or touching a file changes it. None when the
+        path or a data file does not exist or cannot be examined, or a header names
+        its data files in a way not understood here (such an image is not cached).
 
     Examples
     --------
@@ -1199,10 +1262,10 @@ def image_identity(path: str | os.PathLike, series_uid: str | None = None) -> tu
             with os.scandir(p) as it:
                 files = sorted((e.name, e.path) for e in it if e.is_file())
             return (str(p), series_uid, tuple((name, file_state(f)) for name, f in files))
-        return (
-            str(p),
-            file_state(str(p)),
-            tuple((d.name, file_state(str(d))) for d in _data_files(p)),
-        )
-    except FileNotFoundError:
+        state = file_state(str(p))
+        data = _data_files(p)
+        if data is None:
+            return None
+        return (str(p), state, tuple((str(d), file_state(str(d))) for d in data))
+    except (OSError, ValueError):  # missing, unreadable, a name the system refuses
         return None

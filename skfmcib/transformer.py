@@ -79,6 +79,8 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
         Arithmetic of the encoder. ``"bf16"``/``"fp16"`` use autocast (channels-last):
         faster on hardware with reduced-precision units (about 2x with bf16 on CPUs
         with AMX), features within cosine 0.999 of fp32. fp32 is exact (no TF32).
+        Changed with ``set_params`` after fit, it takes effect at the next transform
+        (the encoder is prepared again from its weights).
     coordinate_system : {"LPS", "RAS"}, default="LPS"
         Convention of the table's coordinates (the reference's is LPS).
     on_error : {"raise", "nan"}, default="raise"
@@ -88,8 +90,9 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
         Cache of per-lesion features: a folder or a ``joblib.Memory``. A lesion is
         encoded once and then read back, as long as the weights (digest), the
         architecture, the precision, the preprocessing, the image file (path, size,
-        modification and status-change times, inode) and the seed are the same;
-        changing any of them misses the cache. With it, a cross-validated search over
+        modification and status-change times, inode, and those of the data files a
+        header names) and the seed are the same; changing any of them misses the
+        cache. A folder that is not writable is read but not added to. With it, a cross-validated search over
         later pipeline steps encodes each lesion once, and a fit whose weights were
         already loaded in this process defers loading the encoder until a lesion is
         not in the cache.
@@ -233,6 +236,7 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
             self.weights, config=config, cache_dir=self.cache_dir, random_state=seed
         )
         self._encoder = runtime.prepare_encoder(encoder, self.device_, self.precision)
+        self._encoder_precision = self.precision
         self.weights_info_ = info
         self.n_features_out_ = int(encoder.out_features)
         if memo is not None:
@@ -242,6 +246,11 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
     @property
     def encoder_(self):
         """The fitted encoder (reloaded from its source after unpickling)."""
+        if "_encoder" in self.__dict__ and self._encoder_precision != self.precision:
+            # set_params(precision=...) after fit: the weights as that precision needs them.
+            self._check_params()
+            del self._encoder
+            self.__dict__.pop("_auto_batch", None)
         if "_encoder" not in self.__dict__:
             if "weights_info_" not in self.__dict__:
                 raise AttributeError("encoder_ exists only after fit")
@@ -273,11 +282,13 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
         if "device_" not in self.__dict__ or not _device_usable(self.device_):
             self.device_ = runtime.resolve_device(self.device)
         self._encoder = runtime.prepare_encoder(encoder, self.device_, self.precision)
+        self._encoder_precision = self.precision
 
     def __getstate__(self):
         state = super().__getstate__()
         state.pop("_encoder", None)
         state.pop("_auto_batch", None)
+        state.pop("_encoder_precision", None)
         return state
 
     def transform(self, X):
@@ -531,7 +542,11 @@ def _check_memory(memory):
     """``check_memory`` that also takes path-like objects."""
     if isinstance(memory, os.PathLike):
         memory = os.fspath(memory)
-    return check_memory(memory)
+    try:
+        return check_memory(memory)
+    except OSError as exc:  # joblib creates the folder
+        message = f"memory={memory!r}: cannot create the feature cache folder ({exc.strerror})"
+        raise OSError(exc.errno, message) from exc
 
 
 def _weights_memo_key(weights, config, cache_dir, seed) -> tuple | None:
@@ -542,7 +557,8 @@ def _weights_memo_key(weights, config, cache_dir, seed) -> tuple | None:
     if isinstance(weights, WeightsRecord) or (isinstance(weights, str) and weights in REGISTRY):
         return ("registry", weights, str(cache_dir), config)
     if isinstance(weights, (str, os.PathLike)):
-        return ("file", os.path.abspath(os.path.expanduser(os.fspath(weights))), config)
+        # The file a link points to now: repointing a link loads the weights again.
+        return ("file", os.path.realpath(os.path.expanduser(os.fspath(weights))), config)
     return None  # not valid weights: load_encoder says why
 
 

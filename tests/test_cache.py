@@ -231,3 +231,127 @@ def test_grid_search_encodes_each_lesion_once(tmp_path, encoder_calls):
     search = GridSearchCV(pipe, {"clf__C": [0.01, 0.1, 1.0, 10.0]}, cv=5).fit(X, y)
     assert encoder_calls.patches == len(X)  # 5 folds x 4 candidates + refit: once each
     assert search.best_estimator_.predict(X).shape == (len(X),)
+
+
+def _one_lesion(path) -> pd.DataFrame:
+    return pd.DataFrame({"image_path": [str(path)], "coordX": [36.0], "coordY": [36.0],
+                         "coordZ": [40.0]})  # fmt: skip
+
+
+def test_a_header_follows_the_data_file_it_names_not_its_neighbours(tmp_path, encoder_calls):
+    # ct.mhd names volume.raw: rewriting volume.raw (same size, same times) must miss;
+    # an unrelated file beside ct.mhd must not.
+    src = write_image(tmp_path / "src.mhd", _hu(1), spacing=(1.0, 1.0, 2.0))
+    header = tmp_path / "ct[1].mhd"  # brackets: not a pattern
+    header.write_text(src.read_text().replace("src.raw", "volume.raw"))
+    (tmp_path / "src.raw").rename(tmp_path / "volume.raw")
+    src.unlink()
+    table, memory = _one_lesion(header), tmp_path / "cache"
+    before = tiny(memory).fit().transform(table)
+    (tmp_path / "ct[1].notes.txt").write_text("unrelated")
+    encoder_calls.reset()
+    tiny(memory).fit().transform(table)
+    assert encoder_calls.patches == 0
+    rewrite_keeping_size_and_mtime(tmp_path / "volume.raw", (_hu(2) + 0).tobytes())
+    after = tiny(memory).fit().transform(table)
+    assert encoder_calls.patches == 1
+    np.testing.assert_array_equal(after, tiny(None).fit().transform(table))
+    assert not np.allclose(after, before)
+
+
+def test_the_img_half_of_a_pair_follows_its_header(tmp_path, encoder_calls):
+    write_image(tmp_path / "ct.hdr", _hu(1), spacing=(1.0, 1.0, 2.0))
+    table, memory = _one_lesion(tmp_path / "ct.img"), tmp_path / "cache"
+    before = tiny(memory).fit().transform(table)
+    moved = write_image(tmp_path / "moved" / "ct.hdr", _hu(1), spacing=(1.0, 1.0, 2.0),
+                        origin=(5.0, 0.0, 0.0))  # fmt: skip
+    (tmp_path / "ct.hdr").write_bytes(moved.read_bytes())  # only the header changes
+    encoder_calls.reset()
+    after = tiny(memory).fit().transform(table)
+    assert encoder_calls.patches == 1
+    assert not np.allclose(after, before)
+
+
+def test_repointed_weights_link_loads_the_new_weights(tmp_path, table):
+    memory = tmp_path / "cache"
+    old, new = tmp_path / "v1.torch", tmp_path / "v2.torch"
+    save_checkpoint(tiny(None).fit().encoder_, old)
+    save_checkpoint(tiny(None, random_state=5).fit().encoder_, new)
+    link = tmp_path / "current.torch"
+    link.symlink_to(old)
+    FMCIBTransformer(weights=link, device="cpu", memory=memory).fit().transform(table)
+    link.unlink()
+    link.symlink_to(new)
+    model = FMCIBTransformer(weights=link, device="cpu", memory=memory).fit()
+    assert model.weights_info_.path == new
+    expected = FMCIBTransformer(weights=new, device="cpu").fit().transform(table)
+    np.testing.assert_array_equal(model.transform(table), expected)
+
+
+def test_an_unreadable_entry_is_a_miss_and_is_written_again(
+    tmp_path, table, encoder_calls, monkeypatch
+):
+    import skfmcib._cache as cache_module
+
+    memory = tmp_path / "cache"
+    expected = tiny(memory).fit().transform(table)
+    entries = sorted(memory.rglob("output.pkl"))
+    assert len(entries) == len(table)
+    entries[0].write_bytes(entries[0].read_bytes()[:20])  # truncated
+    for patches in (1, 0):  # written again, then read
+        # As in a new process: nothing kept in memory.
+        monkeypatch.setattr(cache_module, "_RECENT", cache_module._Recent())
+        encoder_calls.reset()
+        out = tiny(memory).fit().transform(table)
+        # Encoded alone, the row differs from its batch of 6 by float32 rounding.
+        np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+        assert encoder_calls.patches == patches
+    assert joblib.load(entries[0]).shape == (expected.shape[1],)
+
+
+@pytest.mark.parametrize("name", ["ct.nii.gz/x.nii.gz", "a" * 300 + ".nii.gz", "ct\0.nii.gz"])
+def test_paths_the_system_refuses_are_bad_rows_with_a_cache_too(tmp_path, table, name):
+    bad = table.copy()
+    bad.loc[1, "image_path"] = str(tmp_path / name)
+    (tmp_path / "ct.nii.gz").write_bytes(b"")  # a file, so ct.nii.gz/x is not a folder
+    with pytest.warns(UserWarning, match="row 1"):
+        out = tiny(tmp_path / "cache", on_error="nan").fit().transform(bad)
+    assert np.isnan(out[1]).all() and np.isfinite(np.delete(out, 1, 0)).all()
+    with pytest.raises(ValueError, match="row 1"):
+        tiny(tmp_path / "cache").fit().transform(bad)
+
+
+def test_a_cache_folder_that_is_not_writable_is_read_and_warned_about_once(
+    tmp_path, table, encoder_calls, monkeypatch
+):
+    memory = tmp_path / "cache"
+    expected = tiny(memory).fit().transform(table.iloc[:3])
+    (memory / "joblib").chmod(0o555)
+    for folder in memory.rglob("*"):
+        if folder.is_dir():
+            folder.chmod(0o555)
+    if os.access(memory / "joblib", os.W_OK):  # root: permissions do not stop writes
+        import skfmcib._cache as cache_module
+
+        # The answer a read-only mount gives; the caching code then does as it would.
+        monkeypatch.setattr(cache_module.os, "access", lambda path, mode: False)
+    encoder_calls.reset()
+    with pytest.warns(UserWarning, match="not writable") as caught:
+        out = tiny(memory).fit().transform(table)
+    assert sum("not writable" in str(w.message) for w in caught) == 1
+    np.testing.assert_array_equal(out[:3], expected)
+    assert encoder_calls.patches == len(table) - 3
+    assert len(list(memory.rglob("output.pkl"))) == 3
+
+
+def test_a_cache_folder_that_cannot_be_created_is_an_error_naming_it(tmp_path, table):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(OSError, match=r"memory=.*file/cache.*cannot create the feature cache"):
+        tiny(str(blocker / "cache")).fit().transform(table)
+
+
+def test_precision_set_after_fit_is_used_by_transform(tmp_path, table):
+    model = tiny(None, precision="bf16").fit()
+    model.set_params(precision="fp32")
+    np.testing.assert_array_equal(model.transform(table), tiny(None).fit().transform(table))

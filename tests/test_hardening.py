@@ -409,3 +409,11 @@ def test_missing_columns_are_named(table, drop):
         validate_table(table.drop(columns=sorted(drop)))
     for col in drop:
         assert repr(col) in str(info.value)
+
+
+def test_missing_data_file_of_a_header_is_named(good_ct, tmp_path):
+    header = tmp_path / "ct.mhd"
+    sitk.WriteImage(sitk.ReadImage(str(good_ct)), str(header))
+    (tmp_path / "ct.raw").unlink()
+    err = row_error(table_of(header))
+    assert f"the data file its header names, {tmp_path / 'ct.raw'}, does not exist" in err.reason

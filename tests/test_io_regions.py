@@ -389,3 +389,29 @@ def test_image_identity_changes_with_content_time_and_data_files(tmp_path):
     f.write_bytes(f.read_bytes())
     assert image_identity(d) != before
     assert image_identity(tmp_path / "absent.nii") is None
+
+
+def test_image_identity_follows_listed_and_patterned_data_files(tmp_path):
+    # MetaImage headers may name one file per slice: a LIST, or a printf pattern.
+    volume = _noise((3, 5, 6)).astype(np.int16)
+    for k in range(3):
+        (tmp_path / f"s{k}.raw").write_bytes(volume[k].tobytes())
+    common = (
+        "ObjectType = Image\nNDims = 3\nDimSize = 6 5 3\nElementType = MET_SHORT\n"
+        "ElementSpacing = 1 1 1\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
+    )
+    listed = tmp_path / "listed.mhd"
+    listed.write_text(common + "ElementDataFile = LIST 2D\ns0.raw\ns1.raw\ns2.raw\n")
+    patterned = tmp_path / "patterned.mhd"
+    patterned.write_text(common + "ElementDataFile = s%d.raw 0 2 1\n")
+    for header in (listed, patterned):
+        np.testing.assert_array_equal(read_image(header).array, volume)
+    before = [image_identity(listed), image_identity(patterned)]
+    (tmp_path / "unrelated.raw").write_bytes(b"0")
+    assert [image_identity(listed), image_identity(patterned)] == before
+    last = tmp_path / "s2.raw"
+    last.write_bytes(last.read_bytes()[::-1])
+    assert image_identity(listed) != before[0]
+    assert image_identity(patterned) != before[1]
+    last.unlink()  # a missing data file: not cachable
+    assert image_identity(listed) is None and image_identity(patterned) is None
