@@ -11,7 +11,13 @@ checkpoints and downloads are written) has a new inode.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import secrets
+import socket
+from collections.abc import Callable
+from pathlib import Path
 
 
 def file_state(path: str | os.PathLike) -> tuple[int, int, int, int]:
@@ -38,3 +44,69 @@ def file_state(path: str | os.PathLike) -> tuple[int, int, int, int]:
     """
     st = os.stat(path)
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+_HOST = re.sub(r"[^\w.-]", "_", socket.gethostname()) or "host"
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write ``path`` through a temporary file beside it, flushed to disk, then renamed.
+
+    A reader never sees half a file: ``path`` holds the old content until the rename.
+    Temporary files for the same path that a process of this machine left when it was
+    killed are removed first (a checkpoint's can be gigabytes).
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        Destination; its folder is created if needed.
+    write : callable
+        Writes the content to the temporary path it is given.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from skfmcib._files import atomic_write
+    >>> p = Path(tempfile.mkdtemp()) / "out.txt"
+    >>> atomic_write(p, lambda tmp: tmp.write_text("done"))
+    >>> p.read_text(), sorted(q.name for q in p.parent.iterdir())
+    ('done', ['out.txt'])
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{path.name}.{_HOST}."
+    _remove_abandoned(path.parent, prefix)
+    tmp = path.with_name(f"{prefix}{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _remove_abandoned(folder: Path, prefix: str) -> None:
+    """Remove ``prefix<pid>.<hex>.tmp`` files whose process no longer runs."""
+    try:
+        with os.scandir(folder) as entries:
+            names = [e.name for e in entries if e.name.startswith(prefix)]
+    except OSError:
+        return
+    for name in names:
+        pid, _, rest = name[len(prefix) :].partition(".")
+        if not (pid.isdigit() and rest.endswith(".tmp")) or _running(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            (folder / name).unlink()
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True

@@ -14,8 +14,6 @@ import copy
 import hashlib
 import json
 import math
-import os
-import secrets
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -28,6 +26,7 @@ import torch
 from torch import nn
 
 from . import runtime
+from ._files import atomic_write
 from .augment import finetune_augment
 from .encoder import EncoderConfig, ResNet3D
 
@@ -167,14 +166,7 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> 
 
 def atomic_save(obj: Any, path: Path) -> None:
     """``torch.save`` to a temporary file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_state(path: Path) -> dict[str, Any]:

@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import shutil
 import sys
 import time
@@ -39,6 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ._files import atomic_write
 from ._progress import Progress
 from ._text import counted
 from .patches import HU_OFFSET, HU_SCALE, PATCH_SIZE, RowWarning
@@ -246,23 +246,9 @@ def _require_pyarrow(what: str):
 # ------------------------------------------------------------------- atomic writes
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write ``path`` through a temporary file in its folder, fsync and rename it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _write_json(path: Path, obj: Any) -> None:
     text = json.dumps(obj, indent=1, sort_keys=True)
-    _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 # --------------------------------------------------------------------------- tables
@@ -536,7 +522,7 @@ def _save_part(directory: Path, index: int, result: ChunkResult) -> str:
                 reasons=reasons,
             )
 
-    _atomic_write(directory / name, write)
+    atomic_write(directory / name, write)
     return name
 
 
@@ -1096,7 +1082,7 @@ def _write_errors(
         },
         columns=ERROR_COLUMNS,
     )
-    _atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
+    atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
     return path
 
 
@@ -1146,11 +1132,11 @@ def _assemble(
         meta = dict(arrow.schema.metadata or {})
         meta[METADATA_KEY] = json.dumps(provenance, sort_keys=True).encode()
         arrow = arrow.replace_schema_metadata(meta)
-        _atomic_write(out, lambda tmp: pa.parquet.write_table(arrow, tmp))
+        atomic_write(out, lambda tmp: pa.parquet.write_table(arrow, tmp))
     else:
         _write_json(provenance_path(out), provenance)
         index = not isinstance(frame.index, pd.RangeIndex)
-        _atomic_write(out, lambda tmp: frame.to_csv(tmp, index=index))
+        atomic_write(out, lambda tmp: frame.to_csv(tmp, index=index))
     return ExtractSummary(
         out=out,
         errors_path=err_path,

@@ -156,6 +156,21 @@ _SHARED_PARAMETERS = """\
         Print one line per epoch (losses, learning rate, time) when > 0."""
 
 
+# Parameters save() does not store: set by load() from the file, or tied to a machine.
+_NOT_SAVED = frozenset({"weights", "head", "arch", "device", "cache_dir", "checkpoint_dir"})
+
+
+def _plain(value) -> bool:
+    """Whether a parameter value can be stored in a weights-only checkpoint."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return False
+
+
 def _fill_doc(cls):
     cls.__doc__ = cls.__doc__.replace("    {shared}", _SHARED_PARAMETERS.format(head=cls._head))
     return cls
@@ -227,12 +242,17 @@ class _FineTuner(BaseEstimator):
 
     # --------------------------------------------------------------------- fitting
 
-    def _fingerprint(self, patches: np.ndarray, target: torch.Tensor, weights_digest: str):
+    def _fingerprint(
+        self, patches: np.ndarray, target: torch.Tensor, weights_digest: str, seeds: tuple
+    ):
         params = self.get_params(deep=False)
         for name in ("verbose", "checkpoint_dir", "resume", "device", "cache_dir"):
             params.pop(name, None)
         rs = params.pop("random_state")
-        params["random_state"] = rs if isinstance(rs, Integral) else type(rs).__name__
+        if isinstance(rs, Integral) or rs is None:
+            params["random_state"] = rs
+        else:  # a generator: the seeds it gave (a new RandomState(1) gives the same)
+            params["random_state"] = (type(rs).__name__, *seeds)
         if params.get("weights") is not None:
             params["weights"] = "checkpoint"  # identified by its digest below
         return _training.digest(
@@ -293,7 +313,9 @@ class _FineTuner(BaseEstimator):
         frozen = _training.freeze_stages(encoder, _training.check_freeze(self.freeze))
         train_index, valid_index = self._split(len(patches), stratify, split_seed)
         state_path = None
-        fingerprint = self._fingerprint(patches, target, info.digest)
+        fingerprint = self._fingerprint(
+            patches, target, info.digest, (init_seed, split_seed, train_seed)
+        )
         if self.checkpoint_dir is not None:
             name = f"{type(self).__name__}-{fingerprint[:16]}.pt"
             state_path = Path(self.checkpoint_dir).expanduser() / name
@@ -383,8 +405,14 @@ class _FineTuner(BaseEstimator):
                 "use a .pt or .torch path, or skfmcib.weights.save_checkpoint(est.encoder_, "
                 "path) for the encoder alone"
             )
+        params = {
+            name: value
+            for name, value in self.get_params(deep=False).items()
+            if name not in _NOT_SAVED and _plain(value)
+        }
         extra = {
             "estimator": type(self).__name__,
+            "params": params,
             "head_spec": dict(self.head_spec_),
             "head_state_dict": _training.cpu_state_dict(self.head_),
             "history": list(self.history_),
@@ -401,9 +429,13 @@ class _FineTuner(BaseEstimator):
         path : str or path-like
             The checkpoint.
         **params
-            Estimator parameters for later use (``device``, ``batch_size``,
-            ``precision``, ...); ``weights`` is set to ``path`` and ``head`` to the
-            saved head's kind.
+            Parameters that replace the saved ones (``device``, ``batch_size``,
+            ``precision``, ...). The estimator gets the parameters it was saved with
+            (``coordinate_system``, ``precision``, the training settings, ...),
+            except those tied to the machine it ran on: ``device``, ``cache_dir`` and
+            ``checkpoint_dir`` are the defaults unless given here. ``weights`` is
+            set to ``path``, ``head`` to the saved head's kind and ``arch`` to None
+            (the file holds the architecture).
 
         Returns
         -------
@@ -425,7 +457,8 @@ class _FineTuner(BaseEstimator):
                 "other parameters only"
             )
         spec = dict(extra["head_spec"])
-        est = cls(weights=str(path), head=spec["kind"], **params)
+        saved = {k: v for k, v in dict(extra.get("params", {})).items() if k not in _NOT_SAVED}
+        est = cls(weights=str(path), head=spec["kind"], **{**saved, **params})
         encoder, info = load_encoder(checkpoint.path)
         head = _training.build_head(spec, seed=0)
         head.load_state_dict(extra["head_state_dict"])

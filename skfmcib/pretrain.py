@@ -39,13 +39,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
 from . import _training, runtime
 from .augment import contrastive_view
 from .encoder import EncoderConfig, ResNet3D
-from .io import Volume, read_image
-from .patches import extract_patch
+from .io import ImageReadError, Volume, open_image, read_image
+from .patches import _seed_problem, extract_patch
 from .table import RowError, row_problem, validate_table
 from .weights import load_encoder, read_checkpoint, save_checkpoint
 
@@ -437,9 +437,11 @@ class SeedPairDataset(Dataset):
             problem = row_problem(seeds.iloc[pos])
             if problem:
                 raise RowError(seeds.index[pos], seeds["image_path"].iloc[pos], problem)
+        self.labels = list(seeds.index)
         self.paths = list(seeds["image_path"])
         self.series = list(seeds["series_uid"])
         self.points = seeds[["x", "y", "z"]].to_numpy(dtype=np.float64)
+        self._check_images()
         self.seed = int(seed)
         self.min_distance = float(min_distance)
         self.body_hu = float(body_hu)
@@ -449,6 +451,25 @@ class SeedPairDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def _check_images(self) -> None:
+        """Open every image's header once and check its seeds: errors now, not mid-epoch."""
+        rows: dict[tuple[str, str | None], list[int]] = {}
+        for i, key in enumerate(zip(self.paths, self.series, strict=True)):
+            rows.setdefault(key, []).append(i)
+        for (path, uid), members in rows.items():
+            try:
+                with open_image(path, uid) as source:
+                    geometry = source.geometry
+            except ImageReadError as exc:
+                raise self._row_error(members[0], exc) from None
+            for i in members:
+                problem = _seed_problem(geometry, self.points[i])
+                if problem:
+                    raise RowError(self.labels[i], path, problem)
+
+    def _row_error(self, i: int, exc: ImageReadError) -> RowError:
+        return RowError(self.labels[i], self.paths[i], str(exc).removeprefix(f"{self.paths[i]}: "))
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch, which (with the seed) fixes the negatives."""
@@ -482,15 +503,13 @@ class SeedPairDataset(Dataset):
         return points[pool[np.argmax(far[pool])]]
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        volume = self._volume(i)
-        if not volume.geometry.contains(self.points[i]):
-            x, y, z = self.points[i]
-            raise RowError(
-                i,
-                self.paths[i],
-                f"seed ({x:.2f}, {y:.2f}, {z:.2f}) LPS mm lies outside the scan; if the "
-                "coordinates are RAS (3D Slicer, nibabel), use coordinate_system='RAS'",
-            )
+        try:
+            volume = self._volume(i)
+        except ImageReadError as exc:  # changed since the dataset was made
+            raise self._row_error(i, exc) from None
+        problem = _seed_problem(volume.geometry, self.points[i])
+        if problem:
+            raise RowError(self.labels[i], self.paths[i], problem)
         positive = extract_patch(volume, self.points[i])
         negative = extract_patch(volume, self.negative_point(volume, i))
         return torch.from_numpy(np.stack([positive, negative])[:, None])
@@ -526,6 +545,43 @@ class _Log:
             print(text, file=self.stream, flush=True)
 
 
+@dataclass(frozen=True)
+class _Failed:
+    """A row that could not be read, sent from a data-loading process as data.
+
+    Raised there, a :class:`RowError` would reach this process as the worker's whole
+    traceback (torch rebuilds exceptions from their message).
+    """
+
+    row: Any
+    path: str
+    reason: str
+
+
+class _Caught(Dataset):
+    """``dataset``'s items, with a failed row as a :class:`_Failed` instead of an error."""
+
+    def __init__(self, dataset: SeedPairDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> torch.Tensor | _Failed:
+        try:
+            return self.dataset[i]
+        except RowError as exc:
+            return _Failed(exc.row, exc.path, exc.reason)
+
+
+def _collate(items: list) -> torch.Tensor | _Failed:
+    """Stack a batch's pairs, or pass on its first failed row."""
+    for item in items:
+        if isinstance(item, _Failed):
+            return item
+    return default_collate(items)
+
+
 _RUN_KEYS = (
     "encoder_config",
     "epochs",
@@ -542,6 +598,20 @@ _RUN_KEYS = (
     "table_digest",
     "init_digest",
 )
+# How a refused resumption names the settings: as pretrain's parameters.
+_RUN_NAMES = {
+    "encoder_config": "arch",
+    "world_size": "number of processes",
+    "seed": "random_state",
+    "table_digest": "table (its seeds)",
+    "init_digest": "init_weights",
+}
+
+
+def _run_value(key: str, value: Any) -> str:
+    if key.endswith("_digest") and isinstance(value, str) and len(value) == 64:
+        return f"sha256 {value[:12]}..."
+    return repr(value)
 
 
 def pretrain(
@@ -589,9 +659,10 @@ def pretrain(
         Length of the schedule.
     batch_size : int, default=32
         Seeds per step and process (each gives a positive and a negative, two
-        views each: ``4 * batch_size`` patches go through the encoder). The
-        seeds left over at the end of an epoch wait for the next one (each epoch
-        shuffles anew).
+        views each: ``4 * batch_size`` patches go through the encoder). Every
+        step has a full batch: the seeds left over after the last one are left
+        out of that epoch, and each epoch shuffles anew, so they take part in
+        others.
     lr : float, optional
         Peak learning rate; ``0.3 * batch_size * world_size / 256`` when omitted.
     weight_decay : float, default=1e-6
@@ -727,13 +798,18 @@ def _pretrain(table, out, ddp, device, say, **kw) -> Path:
 
     if previous is not None:
         encoder, _ = load_encoder(out)
-        init_digest = previous["run"]["init_digest"]
+        # What this call asks to start from, compared below with what the run started from.
+        if kw["init_weights"] is not None:
+            _, info = load_encoder(kw["init_weights"])
+            init_digest, config = info.digest, info.config
+        else:
+            init_digest, config = f"random:{seed}", _config_of(kw["arch"])
     elif kw["init_weights"] is not None:
         encoder, info = load_encoder(kw["init_weights"])
-        init_digest = info.digest
+        init_digest, config = info.digest, info.config
     else:
         encoder, info = load_encoder(None, config=_config_of(kw["arch"]), random_state=seed)
-        init_digest = info.digest
+        init_digest, config = info.digest, info.config
     # Tensors of a loaded file are memory-mapped; give training its own copy.
     encoder.load_state_dict({k: v.clone() for k, v in encoder.state_dict().items()}, assign=True)
     with torch.random.fork_rng(devices=[]):
@@ -745,7 +821,7 @@ def _pretrain(table, out, ddp, device, say, **kw) -> Path:
     lr = kw["lr"] if kw["lr"] is not None else 0.3 * global_batch / 256
     warmup_epochs = kw["warmup_epochs"] if kw["warmup_epochs"] is not None else epochs / 10
     run = {
-        "encoder_config": encoder.config.to_dict(),
+        "encoder_config": config.to_dict(),
         "epochs": epochs,
         "batch_size": batch_size,
         "world_size": ddp.world_size,
@@ -763,7 +839,11 @@ def _pretrain(table, out, ddp, device, say, **kw) -> Path:
     if previous is not None:
         changed = [k for k in _RUN_KEYS if previous["run"].get(k) != run[k]]
         if changed:
-            detail = ", ".join(f"{k}: {previous['run'].get(k)!r} -> {run[k]!r}" for k in changed)
+            detail = ", ".join(
+                f"{_RUN_NAMES.get(k, k)}: {_run_value(k, previous['run'].get(k))} -> "
+                f"{_run_value(k, run[k])}"
+                for k in changed
+            )
             raise ValueError(
                 f"{out} holds a run with other settings ({detail}); resume it with the same "
                 "settings, or start another one (another path, or resume=False)"
@@ -818,10 +898,18 @@ def _pretrain(table, out, ddp, device, say, **kw) -> Path:
         sampler.set_epoch(epoch)
         dataset.set_epoch(epoch)
         generator.manual_seed(_augmentation_seed(seed, ddp.rank, epoch))
-        loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, **loader_kw)
+        loader = DataLoader(
+            _Caught(dataset),
+            batch_size=batch_size,
+            sampler=sampler,
+            collate_fn=_collate,
+            **loader_kw,
+        )
         model.train()
         losses = []
         for b, pairs in enumerate(loader):
+            if isinstance(pairs, _Failed):
+                raise RowError(pairs.row, pairs.path, pairs.reason)
             step = epoch * steps + b
             factor = _training.lr_factor(step, total_steps, warmup_steps, "cosine")
             for group in optimizer.param_groups:

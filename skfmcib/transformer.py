@@ -92,10 +92,10 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
         architecture, the precision, the preprocessing, the image file (path, size,
         modification and status-change times, inode, and those of the data files a
         header names) and the seed are the same; changing any of them misses the
-        cache. A folder that is not writable is read but not added to. With it, a cross-validated search over
-        later pipeline steps encodes each lesion once, and a fit whose weights were
-        already loaded in this process defers loading the encoder until a lesion is
-        not in the cache.
+        cache. A folder that is not writable is read but not added to. With it, a
+        cross-validated search over later pipeline steps encodes each lesion once,
+        and a fit whose weights were already loaded in this process defers loading
+        the encoder until a lesion is not in the cache.
     n_jobs : int or None, default=None
         Threads that read images and extract patches while the encoder runs (rows
         are grouped by image, each image opened once). None: one thread per two CPU

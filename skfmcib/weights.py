@@ -33,7 +33,6 @@ import operator
 import os
 import pickle
 import re
-import secrets
 import sys
 import threading
 import time
@@ -41,14 +40,14 @@ import urllib.error
 import urllib.request
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
 import torch
 
-from skfmcib._files import file_state
+from skfmcib._files import atomic_write, file_state
 from skfmcib.encoder import ARCHITECTURES, EncoderConfig, ResNet3D
 
 __all__ = [
@@ -1271,17 +1270,6 @@ def _check_plain(value: Any, where: str) -> None:
     )
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(
     encoder: ResNet3D, path: PathLike, *, extra: Mapping[str, Any] | None = None
 ) -> Path:
@@ -1357,9 +1345,9 @@ def save_checkpoint(
                 raise TypeError(
                     f"extra[{key!r}] cannot be stored in safetensors metadata: {exc}"
                 ) from exc
-        _atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
+        atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
     else:
         _check_plain(extra, "")
         payload = {"trunk_state_dict": state, "encoder_config": config.to_dict(), **extra}
-        _atomic_write(path, lambda tmp: torch.save(payload, tmp))
+        atomic_write(path, lambda tmp: torch.save(payload, tmp))
     return path

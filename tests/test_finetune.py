@@ -222,6 +222,32 @@ def test_save_and_load_give_identical_outputs(tmp_path, blobs):
         FMCIBClassifier.load(path, head="linear")
 
 
+def test_load_gives_back_the_saved_parameters(tmp_path, blobs):
+    X, y = blobs
+    clf = FMCIBClassifier(
+        **{**FAST, "batch_size": 4}, max_epochs=1, coordinate_system="RAS", checkpoint_dir=tmp_path
+    ).fit(X, y)
+    again = FMCIBClassifier.load(clf.save(tmp_path / "clf.pt"))
+    for name in ("coordinate_system", "batch_size", "lr", "max_epochs", "random_state"):
+        assert again.get_params()[name] == clf.get_params()[name], name
+    # the file holds the architecture; where it ran stays where it ran
+    assert again.arch is None and again.device == "auto" and again.checkpoint_dir is None
+    assert FMCIBClassifier.load(tmp_path / "clf.pt", batch_size=2).batch_size == 2
+
+
+def test_random_state_generators_are_told_apart_in_the_run_id(tmp_path, blobs):
+    X, y = blobs
+    # Starting weights from a file: the same digest whatever the seeds.
+    start = save_checkpoint(load_encoder(None, config=EncoderConfig(**TINY))[0], tmp_path / "w.pt")
+    params = {**FAST, "weights": str(start), "max_epochs": 1, "checkpoint_dir": tmp_path}
+    one = FMCIBClassifier(**{**params, "random_state": np.random.RandomState(1)}).fit(X, y)
+    two = FMCIBClassifier(**{**params, "random_state": np.random.RandomState(2)}).fit(X, y)
+    assert one.checkpoint_path_ != two.checkpoint_path_
+    again = FMCIBClassifier(**{**params, "random_state": np.random.RandomState(1)}).fit(X, y)
+    assert again.checkpoint_path_ == one.checkpoint_path_  # resumed after a restart
+    np.testing.assert_array_equal(again.predict_proba(X), one.predict_proba(X))
+
+
 def test_pickled_classifier_keeps_its_trained_weights(blobs):
     X, y = blobs
     clf = FMCIBClassifier(**FAST, max_epochs=1).fit(X, y)

@@ -15,6 +15,7 @@ import SimpleITK as sitk
 import torch
 
 from skfmcib import pretrain as pretrain_module
+from skfmcib.encoder import EncoderConfig
 from skfmcib.io import read_image
 from skfmcib.patches import extract_patch
 from skfmcib.pretrain import (
@@ -28,7 +29,7 @@ from skfmcib.pretrain import (
     pretrain,
     projection_head,
 )
-from skfmcib.weights import load_encoder, read_checkpoint
+from skfmcib.weights import load_encoder, read_checkpoint, save_checkpoint
 
 TINY = {"arch": "resnet10", "widen_factor": 0.125}
 
@@ -177,6 +178,41 @@ def test_seed_outside_the_scan_is_reported(seeds):
         SeedPairDataset(bad)[0]
 
 
+def test_images_and_seeds_are_checked_before_training_naming_the_row(seeds, tmp_path):
+    bad = seeds.set_axis([f"L{i}" for i in range(len(seeds))])
+    bad.loc["L3", "image_path"] = str(tmp_path / "gone.nii.gz")
+    with pytest.raises(ValueError, match=r"row L3 \(.*gone.nii.gz\): no such file"):
+        pretrain(bad, tmp_path / "ssl.pt", epochs=1, **FAST)
+    bad = seeds.set_axis([f"L{i}" for i in range(len(seeds))])
+    bad.loc["L2", "coordX"] = 4000.0
+    with pytest.raises(ValueError, match=r"row L2 .*outside the scan, whose voxels span"):
+        SeedPairDataset(bad)
+    assert not (tmp_path / "ssl.pt").exists()
+
+
+def test_a_row_failing_in_a_data_loading_process_is_one_row_error(seeds, tmp_path):
+    import shutil
+
+    from torch.utils.data import DataLoader
+
+    table = seeds.copy()
+    moved = tmp_path / "ct1.nii.gz"
+    shutil.copy(table["image_path"][2], moved)
+    table["image_path"] = table["image_path"].where(table.index < 2, str(moved))
+    dataset = SeedPairDataset(table)
+    moved.unlink()  # gone after the check, as a file on a failing disk might be
+    loader = DataLoader(
+        pretrain_module._Caught(dataset),
+        batch_size=4,
+        num_workers=2,
+        collate_fn=pretrain_module._collate,
+    )
+    failed = next(iter(loader))
+    assert isinstance(failed, pretrain_module._Failed)
+    assert (failed.row, failed.path) == (2, str(moved))
+    assert failed.reason == "no such file or directory"
+
+
 # --------------------------------------------------------------------- training
 
 
@@ -246,6 +282,15 @@ def test_resume_refuses_a_run_with_other_settings(seeds, tmp_path):
     path = pretrain(seeds, tmp_path / "ssl.pt", epochs=2, epochs_this_run=1, **FAST)
     with pytest.raises(ValueError, match="batch_size: 2 -> 1"):
         pretrain(seeds, path, epochs=2, **{**FAST, "batch_size": 1})
+    # what the run starts from: the architecture, the starting weights
+    other = {"arch": "resnet10", "widen_factor": 0.25}
+    with pytest.raises(ValueError, match=r"arch: \{.*0\.125.*\} -> \{.*0\.25"):
+        pretrain(seeds, path, epochs=2, **{**FAST, "arch": other})
+    init = tmp_path / "init.pt"
+    save_checkpoint(load_encoder(None, config=EncoderConfig(**TINY), random_state=0)[0], init)
+    with pytest.raises(ValueError, match=r"init_weights: 'random:0' -> sha256 [0-9a-f]{12}\.\.\."):
+        pretrain(seeds, path, epochs=2, init_weights=init, **FAST)
+    assert read_checkpoint(path).extra["pretraining"]["epoch"] == 1
     # resume=False starts over instead
     pretrain(seeds, path, epochs=1, resume=False, **FAST)
     assert read_checkpoint(path).extra["pretraining"]["run"]["epochs"] == 1
@@ -272,7 +317,7 @@ def test_cli_pretrains_and_resumes(seeds, tmp_path, capsys):
     encoder, info = load_encoder(out)
     assert info.config.arch == "resnet10"
     assert main([*argv, "--batch-size", "1"]) == 2
-    assert "other settings" in capsys.readouterr().err
+    assert "other settings (--batch-size: 2 -> 1, --lr:" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ distributed

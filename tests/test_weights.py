@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 import pickle
 import random
 import re
@@ -764,3 +765,23 @@ def test_fmcib_layout_loads_strictly_and_reproduces_reference_features(shared_da
     # order (another thread count, another CPU) move small features by up to ~1e-6 of it.
     scale = np.abs(reference["features"]).max(axis=1, keepdims=True)
     assert (np.abs(features - reference["features"]) / scale).max() < 1e-5
+
+
+def test_a_save_removes_the_temporary_file_a_killed_writer_left(tmp_path):
+    import subprocess
+    import sys
+
+    from skfmcib._files import _HOST
+
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()  # its pid no longer runs
+    target = tmp_path / "enc.pt"
+    abandoned = tmp_path / f".enc.pt.{_HOST}.{finished.pid}.0badc0de.tmp"
+    in_progress = tmp_path / f".enc.pt.{_HOST}.{os.getpid()}.5ca1ab1e.tmp"
+    elsewhere = tmp_path / f".enc.pt.another-host.{finished.pid}.0ddba11.tmp"
+    for leftover in (abandoned, in_progress, elsewhere):
+        leftover.write_bytes(b"half a checkpoint")
+    save_checkpoint(ResNet3D(EncoderConfig("resnet10", 0.125)), target)
+    assert read_checkpoint(target).config.arch == "resnet10"
+    assert not abandoned.exists()
+    assert in_progress.exists() and elsewhere.exists()  # a writer still running, or unknown

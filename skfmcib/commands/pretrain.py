@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -23,6 +24,34 @@ from . import FLAGS, as_flags
 
 # The library's spellings of options, as the flags of ``skfmcib pretrain``.
 PRETRAIN_FLAGS = {**FLAGS, "resume=False": "--restart"}
+# Settings a refused resumption lists ("batch_size: 4 -> 2"), as flags.
+SETTING_FLAGS = {
+    "arch": "--arch/--widen-factor",
+    "init_weights": "--init-weights",
+    "warmup_epochs": "--warmup-epochs",
+    "epochs": "--epochs",
+    "batch_size": "--batch-size",
+    "lr": "--lr",
+    "temperature": "--temperature",
+    "loss": "--loss",
+    "precision": "--precision",
+    "random_state": "--seed",
+    "table (its seeds)": "SEEDS (its rows)",
+}
+_SETTING = re.compile(
+    r"(?<![\w-])(" + "|".join(re.escape(k) for k in sorted(SETTING_FLAGS, key=len)[::-1]) + "): "
+)
+
+
+def message(text: str) -> str:
+    """A library message as ``skfmcib pretrain`` prints it: options named by their flags.
+
+    >>> message("o.pt holds a run with other settings (batch_size: 4 -> 2); "
+    ...         "start another one (resume=False)")
+    'o.pt holds a run with other settings (--batch-size: 4 -> 2); start another one (--restart)'
+    """
+    text = as_flags(text, PRETRAIN_FLAGS)
+    return _SETTING.sub(lambda m: SETTING_FLAGS[m.group(1)] + ": ", text)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -131,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.quiet,
         )
     except (ValueError, RowError, ImageReadError, CheckpointError, FileNotFoundError) as exc:
-        print(f"skfmcib pretrain: {as_flags(str(exc), PRETRAIN_FLAGS)}", file=sys.stderr)
+        print(f"skfmcib pretrain: {message(str(exc))}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) == 0:
         print(out)
