@@ -153,6 +153,10 @@ class EncoderConfig:
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"Unknown encoder configuration keys: {sorted(unknown)}")
+        if "arch" in d and d["arch"] not in ARCHITECTURES:
+            raise ValueError(
+                f"unknown architecture {d['arch']!r} (known: {', '.join(ARCHITECTURES)})"
+            )
         return cls(**d)
 
 

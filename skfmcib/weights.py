@@ -31,7 +31,6 @@ import http.client
 import json
 import operator
 import os
-import pickle
 import re
 import sys
 import threading
@@ -48,6 +47,7 @@ from typing import Any, TextIO
 import torch
 
 from skfmcib._files import atomic_write, file_state
+from skfmcib._text import user_stacklevel
 from skfmcib.encoder import ARCHITECTURES, EncoderConfig, ResNet3D
 
 __all__ = [
@@ -259,7 +259,7 @@ def _show_license_notice(record: WeightsRecord) -> None:
         "with them, independently of skfmcib's own MIT licence. Silence this notice with "
         "warnings.filterwarnings('ignore', category=skfmcib.weights.WeightsLicenseNotice).",
         WeightsLicenseNotice,
-        stacklevel=3,
+        stacklevel=user_stacklevel(),
     )
 
 
@@ -289,12 +289,24 @@ def _file_lock(target: Path) -> Iterator[None]:
     except ImportError:  # pragma: no cover - Windows
         yield
         return
-    with open(target.with_name(target.name + ".lock"), "a+b") as fh:
+    try:
+        fh = open(target.with_name(target.name + ".lock"), "a+b")  # noqa: SIM115
+    except OSError as exc:
+        raise _unwritable(target.parent, exc) from exc
+    with fh:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _unwritable(folder: Path, exc: OSError) -> WeightsDownloadError:
+    return WeightsDownloadError(
+        f"Cannot write to the weights cache folder {folder}: {exc.strerror or exc}. Set "
+        "SKFMCIB_CACHE_DIR or pass cache_dir to use another folder, or pass "
+        "weights=<path to the file>."
+    )
 
 
 class _Progress:
@@ -571,11 +583,7 @@ def fetch_weights(
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise WeightsDownloadError(
-            f"Cannot create the weights cache folder {target.parent}: {exc}. Set "
-            "SKFMCIB_CACHE_DIR or pass cache_dir to use another folder, or pass "
-            "weights=<path to the file>."
-        ) from exc
+        raise _unwritable(target.parent, exc) from exc
     part = target.with_name(target.name + ".part")
     with _file_lock(target):
         if target.is_file() and _size_ok(target, record.size):
@@ -723,8 +731,11 @@ def _torch_load(path: Path) -> Any:
     use_mmap = zipfile.is_zipfile(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=use_mmap)
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+    except OSError:
+        raise
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+        detail = _unpickler_detail(exc)
+        found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", str(exc))
         if found:
             raise CheckpointError(
                 f"Refusing to load {path}: it contains a pickled {found.group(1)} object, "
@@ -733,16 +744,38 @@ def _torch_load(path: Path) -> Any:
                 "dict (a dict of tensors) or use skfmcib.weights.save_checkpoint."
             ) from exc
         raise CheckpointError(
-            f"{path} is not a readable torch checkpoint (corrupt, truncated, or not written "
-            f"by torch.save): {_first_line(exc)}"
+            f"{path} is not a readable torch checkpoint ({_what_it_is(path)}): {detail}"
         ) from exc
+
+
+_TORCH_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation")
+
+
+def _unpickler_detail(exc: BaseException) -> str:
+    """What went wrong, in one sentence, without torch's advice around it (which
+    includes loading with ``weights_only=False``: never, for a file one has not made)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith(_TORCH_ADVICE)]
+    text = lines[0] if lines else ""
+    text = text.removeprefix("WeightsUnpickler error:").strip() or (lines[1:] or [""])[0]
+    sentence, dot, _ = text.partition(". ")
+    return f"{type(exc).__name__}: {sentence}{dot.strip()}".rstrip(": ")
+
+
+def _what_it_is(path: Path) -> str:
+    """A guess at what a file that torch cannot read is, from its first bytes."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
     except OSError:
-        raise
-    except Exception as exc:  # torch raises RuntimeError, EOFError, ... on bad files
-        raise CheckpointError(
-            f"{path} is not a readable torch checkpoint (corrupt, truncated, or not written "
-            f"by torch.save): {_first_line(exc)}"
-        ) from exc
+        return "unreadable"
+    if not head:
+        return "the file is empty"
+    if head.lstrip().lower().startswith((b"<!doctype", b"<html", b"<?xml")):
+        return "a web page, not a checkpoint: a download that returned an error page?"
+    if len(head) > 9 and head[8:10] == b'{"':
+        return "it looks like a safetensors file: give it the .safetensors suffix"
+    return "corrupt, truncated, or not written by torch.save"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -1037,7 +1070,8 @@ def _check_fits(
     if mismatched:
         lines.append(f"  shape mismatches ({len(mismatched)}): {_short(mismatched, 5)}")
     guess = _guess_architecture(state)
-    if guess is not None and (mismatched or len(missing) + len(unexpected) > 2):
+    # One mis-shaped tensor is that tensor's problem, not another architecture.
+    if guess is not None and (len(mismatched) > 1 or len(missing) + len(unexpected) > 2):
         lines.append(
             f"The checkpoint looks like a different architecture ({guess}); pass a "
             "matching config=EncoderConfig(...), or re-save it with save_checkpoint so "
@@ -1226,7 +1260,15 @@ def load_encoder(
             "weights must be a registered name, a path, a WeightsRecord or None, got "
             f"{type(weights).__name__}"
         )
-    checkpoint = read_checkpoint(path)
+    try:
+        checkpoint = read_checkpoint(path)
+    except CheckpointError as exc:
+        if record is None:
+            raise
+        raise CheckpointError(
+            f"{exc} This file is the cached copy of the registered weights "
+            f"{record.name!r}: remove it to download them again."
+        ) from exc
     pinned = record.config if record is not None else None
     if pinned is not None and checkpoint.config not in (None, pinned):
         raise CheckpointError(

@@ -38,3 +38,20 @@ def test_path_and_offline_fetch(tmp_path, capsys, monkeypatch):
     assert main(["weights", "fetch", "--cache-dir", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "by hand" in err and str(tmp_path / "fmcib" / "model_weights.torch") in err
+
+
+def test_info_never_downloads_and_says_how_to(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(weights, "_NOTICES_SHOWN", {"fmcib"})
+    # A download would fail on these closed ports with the manual-install advice.
+    offline = replace(FMCIB_WEIGHTS, url=_closed_port_url(), api_url=_closed_port_url())
+    monkeypatch.setitem(REGISTRY, "fmcib", offline)
+    assert main(["weights", "info", "fmcib", "--cache-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "not downloaded" in err and "skfmcib weights fetch" in err
+    assert "by hand" not in err and not (tmp_path / "fmcib").exists()
+
+
+def test_info_on_random_names_no_python_parameter(capsys):
+    assert main(["weights", "info", "random"]) == 1
+    err = capsys.readouterr().err
+    assert "No checkpoint file at 'random'" in err and "weights=None" not in err

@@ -38,6 +38,8 @@ def test_quick_demo_prints_the_table_and_writes_the_figures(tmp_path, capsys):
     assert len(predictions) == 40 and "fmcib_survival_risk" in predictions
     # progress goes to stderr, numbered
     assert "[1/8] Loading the encoder" in captured.err and "[8/8]" in captured.err
+    # small classes are one note, not a scikit-learn warning from every inner split
+    assert "least populated class" not in captured.err
 
 
 def _unreachable_url() -> str:
@@ -72,9 +74,16 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
     [
         (["--n-lesions", "10"], "at least 30"),
         (["--folds", "1"], "--folds"),
+        (["--folds", "2"], "--folds must be at least 3"),
         (["--widen-factor", "0.5"], "--widen-factor needs --arch"),
     ],
 )
 def test_bad_arguments_exit_with_status_2(argv, message, tmp_path, capsys):
     assert main(["demo", "--quick", "--out", str(tmp_path), *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_help_shows_percent_signs_as_written(capsys):
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    assert "95% intervals" in capsys.readouterr().out

@@ -497,6 +497,16 @@ def test_fmcib_default_architecture_rejects_a_small_checkpoint(small, tmp_path):
         load_encoder(path)  # no config anywhere: the FMCIB ResNet-50 is expected
 
 
+def test_one_mis_shaped_tensor_is_named_without_guessing_another_architecture(small, tmp_path):
+    state = _sd(small)
+    state["conv1.weight"] = state["conv1.weight"][:3].clone()
+    path = tmp_path / "odd.torch"
+    torch.save({"trunk_state_dict": state, "encoder_config": small.config.to_dict()}, path)
+    with pytest.raises(CheckpointError, match=r"shape mismatches \(1\): conv1\.weight") as excinfo:
+        load_encoder(path)
+    assert "different architecture" not in str(excinfo.value)
+
+
 def test_corrupt_file_is_refused_with_its_name(tmp_path):
     path = tmp_path / "random.torch"
     path.write_bytes(random.Random(1).randbytes(4096))
@@ -534,6 +544,43 @@ def test_pickled_objects_are_refused_without_running_code(small, tmp_path):
     assert TRIPPED == []
 
 
+@pytest.mark.parametrize("blocked", [os.system, exec])
+def test_blocked_modules_are_named_and_loading_unsafely_is_never_advised(tmp_path, blocked):
+    class Payload:
+        def __reduce__(self):
+            return (blocked, ("print('code ran')",))
+
+    path = tmp_path / "unsafe.torch"
+    torch.save({"trunk_state_dict": {}, "payload": Payload()}, path)
+    with pytest.raises(CheckpointError, match="Refusing to load") as excinfo:
+        read_checkpoint(path)
+    assert blocked.__name__ in str(excinfo.value)
+    assert "weights_only` set to `False" not in str(excinfo.value)
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (b"<!DOCTYPE html><html><body>Not Found</body></html>", "a web page"),
+        (b"", "the file is empty"),
+    ],
+)
+def test_files_that_are_not_checkpoints_say_what_they_look_like(tmp_path, content, says):
+    path = tmp_path / "model.torch"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match="not a readable torch checkpoint") as excinfo:
+        read_checkpoint(path)
+    assert says in str(excinfo.value) and "weights_only" not in str(excinfo.value)
+
+
+def test_a_safetensors_file_with_another_suffix_is_recognised(small, tmp_path):
+    pytest.importorskip("safetensors")
+    path = save_checkpoint(small, tmp_path / "enc.safetensors")
+    renamed = path.rename(tmp_path / "enc.torch")
+    with pytest.raises(CheckpointError, match="safetensors file: give it the .safetensors"):
+        read_checkpoint(renamed)
+
+
 @pytest.mark.parametrize(
     ("content", "match"),
     [
@@ -542,6 +589,10 @@ def test_pickled_objects_are_refused_without_running_code(small, tmp_path):
         ({"trunk_state_dict": [torch.zeros(1)]}, "'trunk_state_dict' is a list"),
         ({"epoch": 1, "name": "x"}, r"found top-level keys \['epoch', 'name'\]"),
         ({"trunk_state_dict": {}, "encoder_config": {"depth": 3}}, "encoder_config"),
+        (
+            {"trunk_state_dict": {}, "encoder_config": {"arch": "resnet999"}},
+            r"invalid 'encoder_config': unknown architecture 'resnet999'",
+        ),
     ],
 )
 def test_files_without_a_tensor_mapping_are_refused(content, match, tmp_path):
@@ -713,8 +764,9 @@ def test_load_encoder_fmcib_reads_the_cached_official_file(small, x, tmp_path, m
     monkeypatch.setitem(REGISTRY, "fmcib", record)
     target = cached_weights_path("fmcib", cache_dir=tmp_path)
     save_checkpoint(small, target)
-    with pytest.warns(WeightsLicenseNotice, match="CC BY-NC 4.0"):
+    with pytest.warns(WeightsLicenseNotice, match="CC BY-NC 4.0") as notices:
         encoder, info = load_encoder("fmcib", cache_dir=tmp_path)
+    assert notices[0].filename == __file__  # points at the caller's line, not the package's
     assert info.source == "fmcib" and info.path == target.resolve()
     assert _same_outputs(small, encoder, x)
 
@@ -726,6 +778,26 @@ def test_another_encoder_in_the_official_cache_place_is_refused(small, tmp_path,
     save_checkpoint(small, target)  # records its own, smaller architecture
     with pytest.raises(CheckpointError, match=r"holds a checkpoint of another encoder.*remove it"):
         load_encoder("fmcib", cache_dir=tmp_path)
+
+
+def test_a_corrupt_cached_official_file_says_to_remove_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(weights, "_NOTICES_SHOWN", {"fmcib"})
+    monkeypatch.setitem(REGISTRY, "fmcib", replace(FMCIB_WEIGHTS, url=_closed_port_url()))
+    target = cached_weights_path("fmcib", cache_dir=tmp_path)
+    target.parent.mkdir(parents=True)
+    target.write_bytes(random.Random(2).randbytes(4096))
+    with pytest.raises(CheckpointError, match=r"cached copy of the registered weights 'fmcib'"):
+        load_encoder("fmcib", cache_dir=tmp_path)
+
+
+def test_a_cache_folder_that_cannot_be_written_is_a_download_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(weights, "_NOTICES_SHOWN", {"fmcib"})
+    monkeypatch.setitem(REGISTRY, "fmcib", replace(FMCIB_WEIGHTS, url=_closed_port_url()))
+    target = cached_weights_path("fmcib", cache_dir=tmp_path)
+    # The lock file cannot be opened (as in a read-only folder): here, a folder by its name.
+    target.with_name(target.name + ".lock").mkdir(parents=True)
+    with pytest.raises(WeightsDownloadError, match="Cannot write to the weights cache folder"):
+        fetch_weights("fmcib", cache_dir=tmp_path, progress=False)
 
 
 def test_load_encoder_fmcib_offline_explains_the_manual_route(tmp_path, monkeypatch):

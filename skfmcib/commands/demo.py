@@ -13,8 +13,12 @@ Exit status: 0 on success, 1 when the weights cannot be obtained, 2 for bad argu
 from __future__ import annotations
 
 import argparse
+import contextlib
+import re
 import sys
 import time
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +51,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             "Generate a synthetic cohort of CT lesions, extract FMCIB features and a "
             "radiomics baseline, evaluate the paper's three downstream tasks (malignancy, "
             "anatomical site, survival) in cross-validation grouped by patient, print the "
-            "results with bootstrap 95%% intervals and write figures into DIR."
+            "results with bootstrap 95% intervals and write figures into DIR."
         ),
         epilog=(
             "Offline, or to try it anywhere in minutes: skfmcib demo --weights random. "
@@ -143,8 +147,11 @@ def _settings(args: argparse.Namespace) -> Settings:
             "without some classes"
         )
     folds = args.folds if args.folds is not None else (3 if quick else 5)
-    if folds < 2:
-        raise ValueError("--folds must be at least 2")
+    if folds < 3:
+        raise ValueError(
+            "--folds must be at least 3: with 2, the survival model's inner search is left "
+            "folds too small to compare any two patients"
+        )
     n_resamples = args.n_resamples if args.n_resamples is not None else (200 if quick else 1000)
     if n_resamples < 1:
         raise ValueError("--n-resamples must be positive")
@@ -383,33 +390,57 @@ def _evaluate(cohort, features: dict, s: Settings, stages: _Stages):
             f"{s.n_resamples} bootstrap resamples"
         )
         results[task] = {}
-        for name, X in features.items():
-            extra = {"horizon": HORIZON} if task == "survival" else {}
-            results[task][name] = evaluate(
-                builder(features=None), X, y, random_state=s.seed, **common, **extra
-            )
-        names = list(features)
-        results[task]["difference"] = compare_results(
-            results[task][names[0]],
-            results[task][names[1]],
-            n_resamples=s.n_resamples,
-            random_state=s.seed,
-        )
-        curves[task] = {
-            name: label_efficiency_curve(
-                builder(features=None, tune=False),
-                X,
-                y,
-                cv=s.folds,
-                scoring=scoring,
-                groups=groups,
-                n_repeats=s.repeats,
+        with _small_classes_noted() as fewest:
+            for name, X in features.items():
+                extra = {"horizon": HORIZON} if task == "survival" else {}
+                results[task][name] = evaluate(
+                    builder(features=None), X, y, random_state=s.seed, **common, **extra
+                )
+            names = list(features)
+            results[task]["difference"] = compare_results(
+                results[task][names[0]],
+                results[task][names[1]],
+                n_resamples=s.n_resamples,
                 random_state=s.seed,
             )
-            for name, X in features.items()
-        }
+            curves[task] = {
+                name: label_efficiency_curve(
+                    builder(features=None, tune=False),
+                    X,
+                    y,
+                    cv=s.folds,
+                    scoring=scoring,
+                    groups=groups,
+                    n_repeats=s.repeats,
+                    random_state=s.seed,
+                )
+                for name, X in features.items()
+            }
         stages.end("; ".join(f"{name}: {_headline(results[task][name])}" for name in features))
+        if fewest:
+            stages.note(
+                f"some classes have fewer lesions than a split has folds (as few as "
+                f"{min(fewest)}), so their folds are uneven; a larger --n-lesions evens them"
+            )
     return results, curves
+
+
+@contextlib.contextmanager
+def _small_classes_noted() -> Iterator[list[int]]:
+    """Collect scikit-learn's "least populated class" warnings as counts, for one note.
+
+    The demo's small cohorts trigger it in every inner split; other warnings pass on.
+    """
+    fewest: list[int] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield fewest
+    for w in caught:
+        found = re.search(r"least populated class in y has only (\d+) member", str(w.message))
+        if found:
+            fewest.append(int(found.group(1)))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def _headline(result) -> str:

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ..weights import (
+    REGISTRY,
     CheckpointError,
     WeightsDownloadError,
     cached_weights_path,
@@ -30,7 +31,10 @@ def add_parser(subparsers) -> None:
     path.add_argument("--cache-dir")
     path.set_defaults(func=_path)
     info = sub.add_parser("info", help="load a checkpoint strictly and describe it")
-    info.add_argument("checkpoint", help="a checkpoint file, or 'fmcib' for the cached one")
+    info.add_argument(
+        "checkpoint",
+        help="a checkpoint file, or 'fmcib' for the downloaded official file (never downloads)",
+    )
     info.add_argument("--cache-dir")
     info.set_defaults(func=_info)
 
@@ -51,10 +55,20 @@ def _path(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
+    if args.checkpoint in REGISTRY:
+        target = cached_weights_path(args.checkpoint, cache_dir=args.cache_dir)
+        if not target.is_file():  # info describes; it does not download
+            print(
+                f"skfmcib weights info: the {args.checkpoint!r} weights are not downloaded "
+                f"({target} does not exist); run 'skfmcib weights fetch' first",
+                file=sys.stderr,
+            )
+            return 1
     try:
         encoder, info = load_encoder(args.checkpoint, cache_dir=args.cache_dir, progress=False)
     except (CheckpointError, WeightsDownloadError, OSError) as exc:
-        print(f"skfmcib weights info: {exc}", file=sys.stderr)
+        text = str(exc).replace("; random weights are weights=None", "")
+        print(f"skfmcib weights info: {text}", file=sys.stderr)
         return 1
     n_params = sum(p.numel() for p in encoder.parameters())
     print(f"source:       {info.source}")
