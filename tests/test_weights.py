@@ -771,19 +771,22 @@ def test_load_encoder_fmcib_reads_the_cached_official_file(small, x, tmp_path, m
     assert _same_outputs(small, encoder, x)
 
 
-def test_another_encoder_in_the_official_cache_place_is_refused(small, tmp_path, monkeypatch):
+def _official_cache_path(cache_dir, monkeypatch) -> Path:
+    """Where the official file goes in ``cache_dir``; downloading it would fail at once."""
     monkeypatch.setattr(weights, "_NOTICES_SHOWN", {"fmcib"})
     monkeypatch.setitem(REGISTRY, "fmcib", replace(FMCIB_WEIGHTS, url=_closed_port_url()))
-    target = cached_weights_path("fmcib", cache_dir=tmp_path)
+    return cached_weights_path("fmcib", cache_dir=cache_dir)
+
+
+def test_another_encoder_in_the_official_cache_place_is_refused(small, tmp_path, monkeypatch):
+    target = _official_cache_path(tmp_path, monkeypatch)
     save_checkpoint(small, target)  # records its own, smaller architecture
     with pytest.raises(CheckpointError, match=r"holds a checkpoint of another encoder.*remove it"):
         load_encoder("fmcib", cache_dir=tmp_path)
 
 
 def test_a_corrupt_cached_official_file_says_to_remove_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(weights, "_NOTICES_SHOWN", {"fmcib"})
-    monkeypatch.setitem(REGISTRY, "fmcib", replace(FMCIB_WEIGHTS, url=_closed_port_url()))
-    target = cached_weights_path("fmcib", cache_dir=tmp_path)
+    target = _official_cache_path(tmp_path, monkeypatch)
     target.parent.mkdir(parents=True)
     target.write_bytes(random.Random(2).randbytes(4096))
     with pytest.raises(CheckpointError, match=r"cached copy of the registered weights 'fmcib'"):
@@ -791,9 +794,7 @@ def test_a_corrupt_cached_official_file_says_to_remove_it(tmp_path, monkeypatch)
 
 
 def test_a_cache_folder_that_cannot_be_written_is_a_download_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(weights, "_NOTICES_SHOWN", {"fmcib"})
-    monkeypatch.setitem(REGISTRY, "fmcib", replace(FMCIB_WEIGHTS, url=_closed_port_url()))
-    target = cached_weights_path("fmcib", cache_dir=tmp_path)
+    target = _official_cache_path(tmp_path, monkeypatch)
     # The lock file cannot be opened (as in a read-only folder): here, a folder by its name.
     target.with_name(target.name + ".lock").mkdir(parents=True)
     with pytest.raises(WeightsDownloadError, match="Cannot write to the weights cache folder"):
