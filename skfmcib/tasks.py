@@ -403,7 +403,9 @@ class TaskResult:
         return self.y_pred if spec.uses == "pred" else self.y_score
 
     def to_frame(self) -> pd.DataFrame:
-        """The metrics as a table: ``metric``, ``label``, ``estimate``, ``low``, ``high``.
+        """The metrics as a table.
+
+        Columns ``task``, ``metric``, ``label``, ``estimate``, ``low`` and ``high``.
 
         Returns
         -------
