@@ -34,6 +34,7 @@ import numpy as np
 
 from . import _inflate, _nifti
 from ._files import file_state
+from ._text import counted, listing
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
@@ -268,9 +269,10 @@ def _check_slice_gaps(path: Path, distances: list[float]) -> None:
     worst = int(np.argmax(steps))
     if step > 0 and steps[worst] > 1.5 * step:
         raise ImageReadError(
-            f"{path}: missing slices: the slice positions jump {steps[worst]:.2f} mm (from "
-            f"{ordered[worst]:.2f} to {ordered[worst + 1]:.2f} mm along the stack) where "
-            f"slices are {step:.2f} mm apart"
+            f"{path}: the slices are not evenly spaced (missing slices?): their positions "
+            f"jump {steps[worst]:.2f} mm (from {ordered[worst]:.2f} to "
+            f"{ordered[worst + 1]:.2f} mm along the stack) where slices are {step:.2f} mm "
+            "apart; a volume needs evenly spaced slices"
         )
 
 
@@ -408,11 +410,18 @@ def read_image(path: str | os.PathLike, series_uid: str | None = None) -> Volume
     try:
         if path.is_dir():
             files = _dicom_series_files(path, series_uid)
-            reader = _sitk().ImageSeriesReader()
-            reader.SetFileNames(files)
-            reader.MetaDataDictionaryArrayUpdateOn()
-            image = reader.Execute()
-            _check_series_gaps(path, reader, image)
+            if len(files) == 1:  # one file: a multi-frame (enhanced) CT, read as a file
+                image = _sitk().ReadImage(files[0])
+            else:
+                reader = _sitk().ImageSeriesReader()
+                reader.SetFileNames(files)
+                reader.MetaDataDictionaryArrayUpdateOn()
+                image = reader.Execute()
+                _check_3d_scalar(
+                    str(path), image.GetDimension(), image.GetNumberOfComponentsPerPixel(),
+                    image.GetSize(),
+                )  # fmt: skip
+                _check_series_gaps(path, reader, image)
         else:
             _check_gzip_complete(path)
             source = _nifti_source(path)
@@ -856,6 +865,7 @@ _DICOM_TAGS = [
     "Columns",
     "SamplesPerPixel",
     "NumberOfFrames",
+    "PhotometricInterpretation",
     "RescaleSlope",
     "RescaleIntercept",
 ]
@@ -882,10 +892,28 @@ def _dicom_headers(directory: Path) -> dict[str, list[tuple[str, object]]]:
     for entry in entries:
         try:
             ds = pydicom.dcmread(entry.path, stop_before_pixels=True, specific_tags=_DICOM_TAGS)
-        except (InvalidDicomError, OSError, ValueError, EOFError):
+        except InvalidDicomError:
+            # No preamble and file meta (a raw data set), which GDCM reads too; anything
+            # else read this way has no image attributes and is left out below.
+            try:
+                ds = pydicom.dcmread(
+                    entry.path, stop_before_pixels=True, specific_tags=_DICOM_TAGS, force=True
+                )
+            except Exception:  # noqa: BLE001 - not DICOM at all
+                continue
+        except (OSError, ValueError, EOFError):
             continue
+        if not _is_image(ds):
+            continue  # a DICOMDIR, a structured report, a file that only looks like DICOM
         series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((entry.path, ds))
     return series
+
+
+def _is_image(ds) -> bool:
+    try:
+        return int(ds.get("Rows") or 0) > 0
+    except (TypeError, ValueError):
+        return False
 
 
 def _float_list(value, n: int) -> np.ndarray | None:
@@ -897,11 +925,15 @@ def _float_list(value, n: int) -> np.ndarray | None:
 
 
 def _dicom_series_layout(
-    headers: list[tuple[str, object]],
+    headers: list[tuple[str, object]], path: Path
 ) -> tuple[Geometry, list[_DicomSlice]] | None:
-    """Sorted slices and the geometry SimpleITK's series reader gives them; None when the
-    series is one that only SimpleITK should read (multi-frame, mixed sizes or
-    orientations, missing positions, coincident slices)."""
+    """Sorted slices and the geometry SimpleITK's series reader gives them.
+
+    None when the series is one that only SimpleITK should read (multi-frame, colour,
+    MONOCHROME1, missing positions or spacings). An :class:`ImageReadError` when its
+    slices cannot make one volume (slices of another size or orientation, two slices at
+    one position), which SimpleITK would stack all the same.
+    """
     if len(headers) < 2:
         return None
     first = headers[0][1]
@@ -911,24 +943,26 @@ def _dicom_series_layout(
     if iop is None or spacing is None or not rows or not cols:
         return None
     slices = []
+    odd_size, odd_orientation = [], []
     for file, ds in headers:
         if (
             int(ds.get("SamplesPerPixel", 1) or 1) != 1
             or int(ds.get("NumberOfFrames", 1) or 1) != 1
+            or str(ds.get("PhotometricInterpretation", "MONOCHROME2")) != "MONOCHROME2"
         ):
-            return None
-        if ds.get("Rows") != rows or ds.get("Columns") != cols:
             return None
         other_iop = _float_list(ds.get("ImageOrientationPatient"), 6)
         other_spacing = _float_list(ds.get("PixelSpacing"), 2)
         position = _float_list(ds.get("ImagePositionPatient"), 3)
-        if (
-            position is None
-            or other_iop is None
-            or other_spacing is None
-            or not np.allclose(other_iop, iop, rtol=0, atol=1e-6)
-            or not np.allclose(other_spacing, spacing, rtol=0, atol=1e-6)
-        ):
+        if position is None or other_iop is None or other_spacing is None:
+            return None
+        if ds.get("Rows") != rows or ds.get("Columns") != cols:
+            odd_size.append(f"{Path(file).name} ({ds.get('Rows')} x {ds.get('Columns')})")
+            continue
+        if not np.allclose(other_iop, iop, rtol=0, atol=1e-6):
+            odd_orientation.append(Path(file).name)
+            continue
+        if not np.allclose(other_spacing, spacing, rtol=0, atol=1e-6):
             return None
         try:
             slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
@@ -936,12 +970,32 @@ def _dicom_series_layout(
         except (TypeError, ValueError):
             return None
         slices.append(_DicomSlice(file, position, slope, intercept))
+    if odd_size or odd_orientation:
+        odd = odd_size or odd_orientation
+        what = (
+            f"another size than the {rows} x {cols} of {Path(headers[0][0]).name}"
+            if odd_size
+            else f"another orientation than {Path(headers[0][0]).name}"
+        )
+        verb = "has" if len(odd) == 1 else "have"
+        raise ImageReadError(
+            f"{path}: {counted(len(odd), 'slice')} of the series {verb} {what} "
+            f"({listing(odd, 5)}): a localizer or another scan under the same "
+            "SeriesInstanceUID? Move them out of the folder"
+        )
     # GDCM orders slices by their distance along the normal of the first file's plane.
     row, col = iop[:3], iop[3:]
     normal = _cross(row, col)
     distance = np.array([normal @ s.position for s in slices])
     if len(np.unique(distance)) != len(distance):
-        return None
+        order = np.argsort(distance, kind="stable")
+        same = np.flatnonzero(np.diff(distance[order]) == 0)[0]
+        a, b = (Path(slices[order[k]].file).name for k in (same, same + 1))
+        raise ImageReadError(
+            f"{path}: two slices at one position ({a} and {b}, {distance[order[same]]:.2f} mm "
+            "along the stack): a duplicated slice, or two scans under the same "
+            "SeriesInstanceUID?"
+        )
     slices = [slices[i] for i in np.argsort(distance, kind="stable")]
     # Direction as ITK's GDCM image IO makes it (orthogonalised, in its order of
     # operations), spacing along the stack as ITK's series reader computes it: first to
@@ -1144,7 +1198,7 @@ def _open_dicom_directory(path: Path, series_uid: str | None) -> ImageSource:
     layout = None
     if series:
         uid = _pick_series(path, sorted(series), series_uid)
-        layout = _dicom_series_layout(series[uid])
+        layout = _dicom_series_layout(series[uid], path)
     if layout is None:
         # Not a series pydicom describes as SimpleITK does (or no DICOM pydicom reads):
         # SimpleITK reads it, whole, and reports any problem.

@@ -15,7 +15,14 @@ import SimpleITK as sitk
 from conftest import read_with_simpleitk, rotation, write_dicom_series, write_image
 
 from skfmcib import load_patches
-from skfmcib.io import Volume, image_identity, open_image, read_geometry, read_image
+from skfmcib.io import (
+    ImageReadError,
+    Volume,
+    image_identity,
+    open_image,
+    read_geometry,
+    read_image,
+)
 from skfmcib.patches import extract_patch
 
 OBLIQUE = rotation(enumerate((12.0, -7.0, 25.0)))
@@ -286,20 +293,6 @@ def test_dicom_rescale_slope_and_intercept_per_file(tmp_path):
     assert _assert_regions_equal_full_read(d) == "dicom"
 
 
-def test_dicom_series_pydicom_cannot_describe_falls_back_to_simpleitk(tmp_path):
-    hu = _noise((5, 8, 8))
-    d = _write_series(tmp_path / "s", hu, (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), np.eye(3))
-    # Two slices at the same position: GDCM orders them by other means; we let it.
-    f = sorted(d.iterdir())[0]
-    ds = pydicom.dcmread(f)
-    other = pydicom.dcmread(sorted(d.iterdir())[1])
-    ds.ImagePositionPatient = other.ImagePositionPatient
-    ds.save_as(f)
-    with open_image(d) as source:
-        assert source.strategy == "whole"
-        np.testing.assert_array_equal(source.read().array, read_image(d).array)
-
-
 def test_real_dicom_series_geometry_and_pixels_equal_simpleitk(shared_data):
     d = shared_data / "ct" / "example_ct_dicom"  # JPEG 2000 compressed
     assert _assert_regions_equal_full_read(d) == "dicom"
@@ -415,3 +408,91 @@ def test_image_identity_follows_listed_and_patterned_data_files(tmp_path):
     assert image_identity(patterned) != before[1]
     last.unlink()  # a missing data file: not cachable
     assert image_identity(listed) is None and image_identity(patterned) is None
+
+
+# --- DICOM series as scanners and archives write them ----------------------------------
+
+
+def _series(tmp_path, n=8, seed=3) -> tuple[Path, np.ndarray]:
+    hu = _noise((n, 20, 24), seed)
+    return write_dicom_series(tmp_path / "series", hu, spacing=(1.0, 1.0, 2.0)), hu
+
+
+def _rewrite(path: Path, change) -> None:
+    ds = pydicom.dcmread(path)
+    change(ds)
+    ds.save_as(path)
+
+
+def _same_as_simpleitk(directory: Path) -> None:
+    source = open_image(directory)
+    expected = read_with_simpleitk(directory)
+    assert source.geometry.size == expected.geometry.size
+    np.testing.assert_allclose(source.geometry.origin, expected.geometry.origin)
+    size = np.array(source.geometry.size)
+    np.testing.assert_array_equal(source.read_region([0, 0, 0], size), expected.array)
+
+
+def test_slices_without_preamble_or_file_meta_are_part_of_the_series(tmp_path):
+    directory, _ = _series(tmp_path)
+    for f in sorted(directory.iterdir())[-2:]:  # raw data sets, as GDCM also reads them
+        ds = pydicom.dcmread(f)
+        ds.preamble = None
+        ds.file_meta = pydicom.dataset.FileMetaDataset()
+        pydicom.dcmwrite(f, ds, implicit_vr=True, little_endian=True, enforce_file_format=False)
+    with pytest.raises(pydicom.errors.InvalidDicomError):
+        pydicom.dcmread(sorted(directory.iterdir())[-1])
+    assert open_image(directory).strategy == "dicom"
+    _same_as_simpleitk(directory)
+
+
+def test_files_that_are_not_images_do_not_count_as_series(tmp_path):
+    directory, _ = _series(tmp_path)
+    report = pydicom.dcmread(sorted(directory.iterdir())[0])
+    for name in ("PixelData", "Rows", "Columns"):
+        delattr(report, name)
+    report.SeriesInstanceUID = "1.2.3.4"  # a dose report in a series of its own
+    report.save_as(directory / "dose_report.dcm")
+    (directory / "fake.dcm").write_bytes(b"\0" * 128 + b"DICM" + os.urandom(64))
+    _same_as_simpleitk(directory)  # no series_uid needed
+
+
+def test_a_slice_of_another_orientation_is_refused_naming_it(tmp_path):
+    directory, _ = _series(tmp_path)
+    _rewrite(directory / "slice003.dcm", lambda ds: setattr(ds, "ImageOrientationPatient",
+                                                            [1, 0, 0, 0, 0, -1]))  # fmt: skip
+    with pytest.raises(ImageReadError, match=r"1 slice of the series has another orientation .*"
+                                         r"slice003\.dcm.*localizer"):  # fmt: skip
+        open_image(directory)
+
+
+def test_two_slices_at_one_position_are_refused_naming_them(tmp_path):
+    directory, _ = _series(tmp_path)
+    same = pydicom.dcmread(directory / "slice002.dcm").ImagePositionPatient
+    _rewrite(directory / "slice005.dcm", lambda ds: setattr(ds, "ImagePositionPatient", same))
+    with pytest.raises(ImageReadError, match=r"two slices at one position \(slice002\.dcm and "
+                                         r"slice005\.dcm"):  # fmt: skip
+        open_image(directory)
+
+
+def test_monochrome1_series_are_read_as_simpleitk_reads_them(tmp_path):
+    directory, _ = _series(tmp_path)
+    for f in directory.iterdir():
+        _rewrite(f, lambda ds: setattr(ds, "PhotometricInterpretation", "MONOCHROME1"))
+    assert open_image(directory).strategy == "whole"
+    _same_as_simpleitk(directory)
+
+
+def test_a_folder_holding_one_multi_frame_file_is_read_as_that_file(tmp_path):
+    hu = _noise((6, 20, 24))
+    directory = write_dicom_series(tmp_path / "enhanced", hu[:1])
+    only = directory / "slice000.dcm"
+    _rewrite(
+        only, lambda ds: (setattr(ds, "NumberOfFrames", 6), setattr(ds, "PixelData", hu.tobytes()))
+    )
+    # SimpleITK's series reader makes it a 4D image; the file alone is the 3D volume.
+    series = sitk.ImageSeriesReader()
+    series.SetFileNames(series.GetGDCMSeriesFileNames(str(directory)))
+    assert series.Execute().GetDimension() == 4
+    np.testing.assert_array_equal(read_image(directory).array, hu)
+    np.testing.assert_array_equal(open_image(directory).read_region([0, 0, 0], [24, 20, 6]), hu)
