@@ -38,11 +38,15 @@ from sklearn.model_selection import (
     StratifiedGroupKFold,
     StratifiedKFold,
 )
+from sklearn.model_selection._search import BaseSearchCV
+from sklearn.pipeline import Pipeline
 from sklearn.utils import _safe_indexing, check_random_state
 from sklearn.utils.multiclass import type_of_target
 from sksurv.metrics import concordance_index_censored, concordance_index_ipcw
 from sksurv.util import check_y_survival
 from threadpoolctl import threadpool_limits
+
+from ._text import listing
 
 __all__ = [
     "BootstrapCI",
@@ -216,16 +220,27 @@ def _attempt(statistic: Callable[[np.ndarray], float], idx: np.ndarray) -> float
 def _per_fold(
     statistic: Callable[[np.ndarray], float], folds: np.ndarray | None
 ) -> Callable[[np.ndarray], float]:
-    """The statistic itself, or with folds its mean over the folds where it is defined."""
+    """The statistic itself, or with folds its mean over the folds.
+
+    The folds are those where the metric is defined on all the samples; a resample in
+    which one of them is undefined (a single class drawn, say) fails as a whole, rather
+    than averaging fewer folds, which would move its value.
+    """
     if folds is None:
         return statistic
+    every = np.arange(len(folds))
+    defined = [k for k in np.unique(folds) if _attempt(statistic, every[folds == k]) is not None]
+    if not defined:
+        raise ValueError("the metric is undefined in every fold")
 
     def mean_over_folds(idx: np.ndarray) -> float:
         fold_of = folds[idx]
-        values = [_attempt(statistic, idx[fold_of == k]) for k in np.unique(fold_of)]
-        values = [v for v in values if v is not None]
-        if not values:
-            raise ValueError("the metric is undefined in every fold")
+        values = []
+        for k in defined:
+            value = _attempt(statistic, idx[fold_of == k])
+            if value is None:
+                raise ValueError(f"the metric is undefined in fold {k} of this sample")
+            values.append(value)
         return float(np.mean(values))
 
     return mean_over_folds
@@ -241,6 +256,7 @@ def _bootstrap(
     alpha: float,
     method: str,
     random_state,
+    bounds: tuple[float, float] | None = None,
 ) -> BootstrapCI:
     _check_bootstrap_args(n_resamples, alpha)
     if method not in ("bca", "percentile"):
@@ -268,6 +284,8 @@ def _bootstrap(
         # spuriously narrow interval: shift the percentile interval by the bias
         # instead (the basic bootstrap interval), and say so.
         low, high, method = 2 * estimate - q_high, 2 * estimate - q_low, "basic"
+        if bounds is not None:  # the shift can leave the metric's range
+            low, high = np.clip([low, high], *bounds)
     elif method == "bca":
         with one_blas_thread():
             jack = _jackknife(statistic, n, groups, folds)
@@ -292,6 +310,7 @@ def bootstrap_ci(
     alpha: float = 0.05,
     method: str = "bca",
     random_state=None,
+    bounds: tuple[float, float] | None = None,
 ) -> BootstrapCI:
     """Point estimate and bootstrap confidence interval of a metric.
 
@@ -335,13 +354,18 @@ def bootstrap_ci(
         ``"percentile"``: the plain percentiles.
     random_state : int, RandomState instance or None
         Seeds the resampling.
+    bounds : (float, float), optional
+        The metric's range, e.g. ``(0, 1)`` for AUC: a basic interval, which shifts the
+        percentiles, is clipped to it (percentile and BCa intervals lie within the
+        resampled values anyway).
 
     Returns
     -------
     BootstrapCI
         ``estimate`` (the metric on all samples), ``low``, ``high``. Resamples on which
         the metric is undefined (it raises, warns or returns NaN; e.g. one class only)
-        are left out and counted in ``n_failed``.
+        are left out and counted in ``n_failed``; with ``folds``, so is a resample in
+        which any fold where the metric is defined on all samples becomes undefined.
 
     Raises
     ------
@@ -378,6 +402,7 @@ def bootstrap_ci(
         alpha=alpha,
         method=method,
         random_state=random_state,
+        bounds=bounds,
     )
 
 
@@ -393,6 +418,7 @@ def bootstrap_ci_difference(
     alpha: float = 0.05,
     method: str = "bca",
     random_state=None,
+    bounds: tuple[float, float] | None = None,
 ) -> BootstrapCI:
     """Paired bootstrap interval of ``metric(y, y_score) - metric(y, y_score_reference)``.
 
@@ -412,6 +438,9 @@ def bootstrap_ci_difference(
         As in :func:`bootstrap_ci`; with ``folds`` the statistic is the mean over folds
         of each fold's difference, i.e. the difference of the two cross-validation
         estimates.
+    bounds : (float, float), optional
+        The range of the metric itself, e.g. ``(0, 1)``: a basic interval of the
+        difference is clipped to ``(low - high, high - low)``.
 
     Returns
     -------
@@ -450,6 +479,7 @@ def bootstrap_ci_difference(
         alpha=alpha,
         method=method,
         random_state=random_state,
+        bounds=None if bounds is None else (bounds[0] - bounds[1], bounds[1] - bounds[0]),
     )
 
 
@@ -711,6 +741,56 @@ def _nested_subsets(
     return out
 
 
+def _grouped_splits(splitter, X, y, groups, where: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The splits of ``splitter``; an error if one puts a group (patient) on both sides.
+
+    scikit-learn's warning that a splitter ignores ``groups`` is replaced by that error
+    (a splitter may ignore them and still keep them apart).
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The groups parameter is ignored", UserWarning)
+        splits = list(splitter.split(X, y, groups))
+    if groups is None:
+        return splits
+    for train, test in splits:
+        shared = np.intersect1d(groups[train], groups[test])
+        if len(shared):
+            raise ValueError(
+                f"{where} puts {len(shared)} of the groups ({listing(shared.tolist(), 3)}) "
+                "in both the training and the test part of a split: with groups "
+                "(patients), give a number of folds or a group-aware splitter (GroupKFold, "
+                "StratifiedGroupKFold)"
+            )
+    return splits
+
+
+def _inner_groups(estimator, groups_train, random_state, y_train):
+    """Make the inner search of ``estimator`` group-aware; return (estimator, fit params).
+
+    A splitter given as the search's ``cv`` is kept, but must keep the groups apart.
+    """
+    if groups_train is None:
+        return estimator, {}
+    if isinstance(estimator, BaseSearchCV):
+        search, prefix = estimator, ""
+    elif isinstance(estimator, Pipeline) and isinstance(estimator.steps[-1][1], BaseSearchCV):
+        name, search = estimator.steps[-1]
+        prefix = f"{name}__"
+    else:
+        return estimator, {}
+    inner = make_cv(
+        search.cv if search.cv is not None else 5,
+        groups=groups_train,
+        classifier=is_classifier(search.estimator),
+        random_state=random_state,
+    )
+    rows = np.zeros((len(groups_train), 1))
+    y_split = split_target(_as_array(y_train))
+    _grouped_splits(inner, rows, y_split, groups_train, f"the inner search's cv={inner!r}")
+    estimator.set_params(**{f"{prefix}cv": inner})
+    return estimator, {f"{prefix}groups": groups_train}
+
+
 def label_efficiency_curve(
     estimator,
     X,
@@ -791,12 +871,20 @@ def label_efficiency_curve(
     rng = check_random_state(random_state)
     split_y = split_target(y_arr)
     rows = []
+    groups = None if groups is None else np.asarray(groups)
     with one_blas_thread():
-        for fold, (train, test) in enumerate(splitter.split(X, split_y, groups)):
+        splits = _grouped_splits(splitter, X, split_y, groups, f"cv={splitter!r}")
+        for fold, (train, test) in enumerate(splits):
             X_test, y_test = _safe_indexing(X, test), y_arr[test]
             for repeat in range(n_repeats):
                 for fraction, subset in _nested_subsets(train, strata, fractions, rng).items():
-                    model = clone(estimator).fit(_safe_indexing(X, subset), y_arr[subset])
+                    model, fit_params = _inner_groups(
+                        clone(estimator),
+                        None if groups is None else groups[subset],
+                        random_state,
+                        y_arr[subset],
+                    )
+                    model.fit(_safe_indexing(X, subset), y_arr[subset], **fit_params)
                     rows.append(
                         {
                             "fraction": fraction,

@@ -56,6 +56,8 @@ from sksurv.util import check_y_survival
 from ._text import listing
 from .evaluation import (
     BootstrapCI,
+    _grouped_splits,
+    _inner_groups,
     bootstrap_ci,
     bootstrap_ci_difference,
     harrell_c,
@@ -347,12 +349,16 @@ class MetricSpec:
         ``function(y_true, prediction) -> float``.
     uses : {"score", "pred"}
         Whether it takes the scores (probabilities, risks) or the predicted labels.
+    bounds : (float, float) or None
+        The metric's range (``(0, 1)`` for every metric here), to which a rough
+        (basic) bootstrap interval is clipped.
     """
 
     name: str
     label: str
     function: Callable[[np.ndarray, np.ndarray], float]
     uses: str = "score"
+    bounds: tuple[float, float] | None = (0.0, 1.0)
 
 
 @dataclass
@@ -424,27 +430,6 @@ class TaskResult:
                 for spec in self.specs
             ]
         )
-
-
-def _inner_groups(estimator, groups_train, random_state):
-    """Make the inner search of ``estimator`` group-aware; return (estimator, fit params)."""
-    if groups_train is None:
-        return estimator, {}
-    if isinstance(estimator, BaseSearchCV):
-        search, prefix = estimator, ""
-    elif isinstance(estimator, Pipeline) and isinstance(estimator.steps[-1][1], BaseSearchCV):
-        name, search = estimator.steps[-1]
-        prefix = f"{name}__"
-    else:
-        return estimator, {}
-    inner = make_cv(
-        search.cv if search.cv is not None else 5,
-        groups=groups_train,
-        classifier=is_classifier(search.estimator),
-        random_state=random_state,
-    )
-    estimator.set_params(**{f"{prefix}cv": inner})
-    return estimator, {f"{prefix}groups": groups_train}
 
 
 def _search_of(estimator):
@@ -525,9 +510,10 @@ def _cross_validated(estimator, X, y, groups, splitter, method, classes, random_
     out = None
     fold = np.full(len(y), -1)
     best_params: list[dict] = []
-    for k, (train, test) in enumerate(splitter.split(X, split_target(y), groups)):
+    splits = _grouped_splits(splitter, X, split_target(y), groups, f"cv={splitter!r}")
+    for k, (train, test) in enumerate(splits):
         model, fit_params = _inner_groups(
-            clone(estimator), None if groups is None else groups[train], random_state
+            clone(estimator), None if groups is None else groups[train], random_state, y[train]
         )
         model.fit(_safe_indexing(X, train), y[train], **fit_params)
         pred = getattr(model, method)(_safe_indexing(X, test))
@@ -555,6 +541,7 @@ def _bootstrap_all(result: TaskResult, n_resamples, alpha, random_state) -> None
             n_resamples=n_resamples,
             alpha=alpha,
             random_state=random_state,
+            bounds=spec.bounds,
         )
 
 
@@ -811,6 +798,27 @@ def evaluate_survival(
     return result
 
 
+def _same_metric(a, b) -> bool:
+    """Whether two metric functions compute the same thing (partials: same settings)."""
+    if not (isinstance(a, partial) and isinstance(b, partial)):
+        return a is b or a == b
+    if a.func is not b.func or a.args or b.args or set(a.keywords) != set(b.keywords):
+        return False
+    return all(
+        np.array_equal(a.keywords[k], b.keywords[k])
+        if isinstance(a.keywords[k], np.ndarray)
+        else a.keywords[k] == b.keywords[k]
+        for k in a.keywords
+    )
+
+
+def _settings(function) -> str:
+    if not isinstance(function, partial):
+        return getattr(function, "__name__", repr(function))
+    shown = {k: v for k, v in function.keywords.items() if not isinstance(v, np.ndarray)}
+    return ", ".join(f"{k}={v!r}" for k, v in shown.items()) or function.func.__name__
+
+
 def compare_results(
     result: TaskResult,
     reference: TaskResult,
@@ -857,6 +865,13 @@ def compare_results(
             "the two results come from different folds; evaluate both with the same cv, "
             "groups and random_state"
         )
+    for spec, ref_spec in zip(result.specs, reference.specs, strict=True):
+        if not _same_metric(spec.function, ref_spec.function):
+            raise ValueError(
+                f"the two results computed {spec.label} with other settings "
+                f"({_settings(spec.function)} against {_settings(ref_spec.function)}); "
+                "evaluate both with the same horizon and tau"
+            )
     out = {}
     for spec, ref_spec in zip(result.specs, reference.specs, strict=True):
         out[spec.name] = bootstrap_ci_difference(
@@ -869,5 +884,6 @@ def compare_results(
             n_resamples=n_resamples,
             alpha=alpha,
             random_state=random_state,
+            bounds=spec.bounds,
         )
     return out

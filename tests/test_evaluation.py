@@ -534,3 +534,80 @@ def test_docstring_examples_run(name, pyplot):
     module = importlib.import_module(f"skfmcib.{name}")
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
+
+
+# ------------------------------------------------------------ small folds, groups, settings
+
+
+def test_a_fold_undefined_in_a_resample_fails_the_whole_resample():
+    # Fold 0 has one positive patient ranked last (AUC 0), folds 1-3 rank perfectly
+    # (AUC 1): every resample in which all folds are defined gives 0.75. Averaging the
+    # folds left would give 1.0 whenever fold 0 loses its positive.
+    y = np.array([1, 0, 0, 0, 0, 0] + [1, 1, 1, 0, 0, 0] * 3)
+    s = np.array([0.0, 0.1, 0.2, 0.3, 0.4, 0.5] + [0.9, 0.8, 0.7, 0.3, 0.2, 0.1] * 3)
+    fold = np.repeat(np.arange(4), 6)
+    ci = bootstrap_ci(
+        roc_auc_score, y, s, groups=np.arange(24), folds=fold, n_resamples=1000,
+        method="percentile", random_state=0,
+    )  # fmt: skip
+    assert (ci.estimate, ci.low, ci.high) == (0.75, 0.75, 0.75)
+    # Counted as failed: fold 0 loses its positive with probability (5/6)**6 = 0.335, and
+    # each other fold one of its classes with 2 / 2**6: 1 - 0.665 * (31/32)**3 = 0.395.
+    assert 0.35 < ci.n_failed / 1000 < 0.44
+
+
+def test_a_basic_interval_is_clipped_to_the_metric_range():
+    rng = np.random.default_rng(187)  # 4 folds with 1-2 positives: biased resamples
+    per = int(rng.integers(5, 9))
+    fold = np.repeat(np.arange(4), per)
+    y = np.zeros(4 * per, int)
+    for k in range(4):
+        y[k * per + rng.choice(per, rng.integers(1, 3), replace=False)] = 1
+    s = y * rng.normal(0.8, 1, len(y)) + rng.normal(0, 1, len(y))
+    args = (average_precision_score, y, s)
+    free = bootstrap_ci(*args, folds=fold, n_resamples=400, random_state=0)
+    assert free.method == "basic" and free.low < 0  # 2 * estimate - the upper percentile
+    bounded = bootstrap_ci(*args, folds=fold, n_resamples=400, random_state=0, bounds=(0, 1))
+    assert (bounded.low, bounded.high) == (0.0, free.high)
+
+
+def _patients(n_patients=24, per=3, seed=0):
+    rng = np.random.default_rng(seed)
+    groups = np.repeat(np.arange(n_patients), per)
+    X = rng.normal(size=(n_patients, 8))[groups] + 0.1 * rng.normal(size=(len(groups), 8))
+    y = rng.integers(0, 2, n_patients)[groups]
+    return X, y, groups
+
+
+def test_a_splitter_that_ignores_groups_is_refused():
+    from sklearn.model_selection import StratifiedKFold
+
+    X, y, groups = _patients()
+    ungrouped = StratifiedKFold(4, shuffle=True, random_state=0)
+    with pytest.raises(ValueError, match=r"cv=StratifiedKFold.* puts \d+ of the groups"):
+        cross_validated_predictions(malignancy_pipeline(features=None), X, y, groups=groups,
+                                    cv=ungrouped, random_state=0)  # fmt: skip
+    with pytest.raises(ValueError, match=r"the inner search's cv=StratifiedKFold"):
+        cross_validated_predictions(malignancy_pipeline(features=None, cv=StratifiedKFold(3)),
+                                    X, y, groups=groups, random_state=0)  # fmt: skip
+    # label-efficiency curves group the inner search too
+    with pytest.raises(ValueError, match=r"the inner search's cv=StratifiedKFold"):
+        label_efficiency_curve(malignancy_pipeline(features=None, cv=StratifiedKFold(3)),
+                               X, y, groups=groups, fractions=(1.0,), random_state=0)  # fmt: skip
+    curve = label_efficiency_curve(malignancy_pipeline(features=None), X, y, groups=groups,
+                                   fractions=(1.0, 0.5), cv=3, random_state=0)  # fmt: skip
+    assert len(curve) == 6
+
+
+def test_comparing_results_computed_with_other_settings_is_refused():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(90, 5))
+    time = rng.exponential(30 * np.exp(-X[:, 0]))
+    y = Surv.from_arrays(rng.random(90) < 0.8, time)
+    common = dict(cv=3, n_resamples=20, random_state=0)
+    a = evaluate_survival(survival_pipeline(features=None), X, y, horizon=24, **common)
+    b = evaluate_survival(survival_pipeline(features=None), X[:, 1:], y, horizon=12, **common)
+    with pytest.raises(ValueError, match=r"horizon=24 against horizon=12"):
+        compare_results(a, b, n_resamples=20)
+    c = evaluate_survival(survival_pipeline(features=None), X[:, 1:], y, horizon=24, **common)
+    assert set(compare_results(a, c, n_resamples=20)) == set(a.metrics)
