@@ -42,7 +42,7 @@ RADIOMICS_FEATURES = (
     "hu_skewness",
     "hu_kurtosis",
     "hu_entropy",
-    # intensity of a 5 mm sphere at the seed, independent of the region
+    # intensity of the sphere of radius 5 mm at the seed, independent of the region
     "core_hu_mean",
     "core_hu_std",
     # shape of the grown region
@@ -93,7 +93,9 @@ def _moments(values: np.ndarray) -> tuple[float, float, float, float]:
 
 def _entropy(values: np.ndarray) -> float:
     """Shannon entropy (bits) of the intensities in fixed 25 HU bins."""
-    bins = np.floor(values / _ENTROPY_BIN_HU).astype(np.int64)
+    # Rounded first: float32 patches bring whole HU values back as 99.99997 for 100,
+    # which would fall into the bin below.
+    bins = np.floor(np.round(values, 3) / _ENTROPY_BIN_HU).astype(np.int64)
     counts = np.unique(bins, return_counts=True)[1]
     p = counts / counts.sum()
     return float(-(p * np.log2(p)).sum())
@@ -103,6 +105,21 @@ def _surface_faces(region: np.ndarray) -> int:
     """Number of voxel faces between the region and the rest (1 mm^2 each)."""
     padded = np.pad(region, 1).astype(np.int8)
     return int(sum(np.abs(np.diff(padded, axis=axis)).sum() for axis in range(3)))
+
+
+# Normalised values of the int16 range: no CT in HU lies beyond them.
+_MIN_NORMALISED = (-32768 + HU_OFFSET) / HU_SCALE
+_MAX_NORMALISED = (32767 + HU_OFFSET) / HU_SCALE
+
+
+def _check_settings(min_tolerance_hu, max_radius_mm, smoothing_mm) -> None:
+    for name, value, lo, hi in (
+        ("min_tolerance_hu", min_tolerance_hu, 0.0, np.inf),
+        ("max_radius_mm", max_radius_mm, 1.0, PATCH_SIZE / 2 - 1),
+        ("smoothing_mm", smoothing_mm, 0.0, 10.0),
+    ):
+        if isinstance(value, bool) or not isinstance(value, Real) or not lo <= value <= hi:
+            raise ValueError(f"{name} must be a number in [{lo}, {hi}], got {value!r}")
 
 
 def radiomics_features(
@@ -147,9 +164,21 @@ def radiomics_features(
     >>> round(f["hu_median"]), round(f["equivalent_diameter_mm"])
     (40, 10)
     """
-    patch = np.asarray(patch, dtype=np.float64).reshape(PATCH_SIZE, PATCH_SIZE, PATCH_SIZE)
+    _check_settings(min_tolerance_hu, max_radius_mm, smoothing_mm)
+    patch = np.asarray(patch, dtype=np.float64)
+    if patch.size != PATCH_SIZE**3:
+        raise ValueError(
+            f"patch has shape {patch.shape}; expected (50, 50, 50) (or (1, 50, 50, 50)), a "
+            "patch as skfmcib.load_patches returns it"
+        )
+    patch = patch.reshape(PATCH_SIZE, PATCH_SIZE, PATCH_SIZE)
     if not np.all(np.isfinite(patch)):
         return np.full(len(RADIOMICS_FEATURES), np.nan)
+    if patch.max() > _MAX_NORMALISED or patch.min() < _MIN_NORMALISED:
+        raise ValueError(
+            f"patch values span [{patch.min():.4g}, {patch.max():.4g}]: a patch in HU? "
+            "It must be normalised as (HU + 1024) / 3072, as skfmcib.load_patches gives it"
+        )
     hu = patch * HU_SCALE - HU_OFFSET
     smooth = ndimage.gaussian_filter(hu, smoothing_mm) if smoothing_mm > 0 else hu
     c = _CENTRE
@@ -227,7 +256,7 @@ class RadiomicsTransformer(TransformerMixin, BaseEstimator):
 
     - intensity of the lesion region in HU: mean, standard deviation, 10th, 50th and
       90th percentiles, skewness, excess kurtosis, entropy (25 HU bins); mean and
-      standard deviation in a 5 mm sphere at the seed;
+      standard deviation in the sphere of radius 5 mm (10 mm across) at the seed;
     - shape of the region: volume, equivalent-sphere diameter, surface area (counted
       voxel faces), sphericity, elongation and flatness (ratios of principal axes),
       major-axis length, and the fraction of the region on the ``max_radius_mm``
@@ -302,14 +331,7 @@ class RadiomicsTransformer(TransformerMixin, BaseEstimator):
         self.on_error = on_error
 
     def _check_params(self) -> None:
-        for name, lo, hi in (
-            ("min_tolerance_hu", 0.0, np.inf),
-            ("max_radius_mm", 1.0, PATCH_SIZE / 2 - 1),
-            ("smoothing_mm", 0.0, 10.0),
-        ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, Real) or not lo <= value <= hi:
-                raise ValueError(f"{name} must be a number in [{lo}, {hi}], got {value!r}")
+        _check_settings(self.min_tolerance_hu, self.max_radius_mm, self.smoothing_mm)
         if self.coordinate_system not in ("LPS", "RAS"):
             raise ValueError(
                 f"coordinate_system must be 'LPS' or 'RAS', got {self.coordinate_system!r}"

@@ -91,6 +91,24 @@ def test_uniform_patch_has_finite_features():
     assert f["hu_std"] == 0.0 and f["hu_skewness"] == 0.0 and f["hu_kurtosis"] == 0.0
 
 
+@pytest.mark.parametrize("pair", [(100, 110), (25, 35), (0, 10), (-50, -40)])
+def test_entropy_bins_whole_hu_values_of_float32_patches_exactly(pair):
+    # Both values lie in one 25 HU bin: entropy 0, though (HU + 1024) / 3072 in float32
+    # brings 100 back as 99.99997.
+    hu = np.where((X + Y + Z) % 2 == 0, *pair).astype(np.float64)
+    assert features_of(hu)["hu_entropy"] == 0.0
+
+
+def test_the_function_checks_its_input_and_settings():
+    with pytest.raises(ValueError, match=r"patch has shape \(40, 40, 40\)"):
+        radiomics_features(np.zeros((40, 40, 40)))
+    with pytest.raises(ValueError, match=r"a patch in HU\?"):
+        radiomics_features(np.where(R <= 5, 40.0, -1000.0))  # HU, not normalised
+    for name, value in (("max_radius_mm", 40), ("smoothing_mm", -1), ("min_tolerance_hu", -5)):
+        with pytest.raises(ValueError, match=name):
+            radiomics_features(normalised(np.zeros(R.shape)), **{name: value})
+
+
 def test_nan_patch_gives_nan_features():
     patch = np.full((50, 50, 50), np.nan, dtype=np.float32)
     assert np.isnan(radiomics_features(patch)).all()

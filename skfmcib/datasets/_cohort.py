@@ -421,8 +421,8 @@ def _seed_sequence(random_state) -> np.random.SeedSequence:
             raise ValueError(f"random_state must be a non-negative int, got {random_state}")
         return np.random.SeedSequence(int(random_state))
     raise ValueError(
-        "random_state must be None, a non-negative int, a numpy Generator or RandomState, "
-        f"got {random_state!r}"
+        "random_state must be None, a non-negative int, or a numpy Generator, RandomState or "
+        f"SeedSequence, got {random_state!r}"
     )
 
 
