@@ -42,7 +42,7 @@ from ._files import atomic_write
 from ._progress import Progress
 from ._text import counted
 from .patches import HU_OFFSET, HU_SCALE, PATCH_SIZE, RowWarning
-from .table import COORD_COLUMNS, validate_table
+from .table import COORD_COLUMNS, RowError, validate_table
 from .transformer import FMCIBTransformer
 
 __all__ = [
@@ -332,6 +332,8 @@ def resolve_paths(table: pd.DataFrame, root: str | os.PathLike) -> pd.DataFrame:
 
 
 def _resolve(p, root: Path):
+    if isinstance(p, os.PathLike):
+        p = os.fspath(p)
     if not isinstance(p, str) or not p:
         return p
     return str(root / Path(p).expanduser())
@@ -689,16 +691,19 @@ def prepare_table(
     table: pd.DataFrame | str | os.PathLike,
     image_root: str | os.PathLike | None = None,
     mask_label: int | None = None,
+    coordinate_system: str = "LPS",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Read a lesion table (or take a DataFrame), resolve paths, seed mask rows.
 
     Returns ``(table, resolved)``: the rows as the output repeats them, and the same
     rows with absolute paths. A table with ``mask_path`` and no coordinates becomes one
-    row per lesion (:func:`skfmcib.masks.seeds_from_masks`).
+    row per lesion (:func:`skfmcib.masks.seeds_from_masks`), its seeds written in
+    ``coordinate_system`` like the coordinates of any other table.
     """
     if isinstance(table, (str, os.PathLike)):
         table, resolved = read_table(table, image_root)
     elif isinstance(table, pd.DataFrame):
+        table = _paths_as_text(table)
         resolved = resolve_paths(table, image_root) if image_root is not None else table.copy()
     else:
         raise ExtractError(f"table must be a DataFrame or a path, got {type(table).__name__}")
@@ -707,17 +712,35 @@ def prepare_table(
     if not has_coords and "mask_path" in table.columns:
         from .masks import seeds_from_masks
 
+        # Rows by position (labels may repeat), named by their labels in errors.
+        labels = original.index
         try:
-            resolved = seeds_from_masks(resolved, label=mask_label)
+            resolved = seeds_from_masks(resolved.reset_index(drop=True), label=mask_label)
+        except RowError as exc:
+            raise ExtractError(str(RowError(labels[exc.row], exc.path, exc.reason))) from exc
         except ValueError as exc:
             raise ExtractError(str(exc)) from exc
+        positions = resolved["mask_row"].to_numpy()
+        resolved["mask_row"] = labels[positions]
+        if coordinate_system == "RAS":  # the centroids are LPS
+            resolved[["coordX", "coordY"]] = -resolved[["coordX", "coordY"]]
         # The output repeats the user's paths; the seeds come from the resolved ones.
         table = resolved.copy()
-        source = table["mask_row"]
         for col in ("image_path", "mask_path"):
             if col in table.columns:
-                table[col] = original[col].loc[source].to_numpy()
+                table[col] = original[col].iloc[positions].to_numpy()
     return table, resolved
+
+
+def _paths_as_text(table: pd.DataFrame) -> pd.DataFrame:
+    """The table with path objects in its path columns written as text."""
+    columns = [c for c in ("image_path", "mask_path") if c in table.columns]
+    if not any(isinstance(v, os.PathLike) for c in columns for v in table[c]):
+        return table
+    table = table.copy()
+    for c in columns:
+        table[c] = [os.fspath(v) if isinstance(v, os.PathLike) else v for v in table[c]]
+    return table
 
 
 def extract(
@@ -902,10 +925,10 @@ def _extract(
         raise ExtractError(f"{out}: the output would replace the lesion table")
 
     source = f"{table}: " if is_path else ""
-    table, resolved = prepare_table(table, image_root, mask_label)
     transformer = FMCIBTransformer() if transformer is None else transformer
+    coordinate_system = transformer.get_params()["coordinate_system"]
+    table, resolved = prepare_table(table, image_root, mask_label, coordinate_system)
     try:
-        coordinate_system = transformer.get_params()["coordinate_system"]
         seeds = validate_table(resolved, coordinate_system)
     except (ValueError, TypeError) as exc:
         raise ExtractError(f"{source}{exc}") from exc

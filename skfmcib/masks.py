@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Hashable
+from numbers import Integral
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ._text import counted
 from .io import ImageReadError, read_image
 from .table import RowError
 
@@ -217,17 +219,38 @@ def seeds_from_masks(
         raise ValueError("seeds_from_masks needs a DataFrame with a 'mask_path' column")
     if len(table) == 0:
         raise ValueError("lesion table is empty")
+    if label is not None and _label_value(label) is None:
+        raise ValueError(f"label must be a positive whole number, got {label!r}")
+    if isinstance(min_voxels, bool) or not isinstance(min_voxels, Integral) or min_voxels < 1:
+        raise ValueError(f"min_voxels must be a positive integer, got {min_voxels!r}")
     rows = []
     for row_label, rec in table.iterrows():
         value = label
         if value is None and "mask_label" in table.columns and pd.notna(rec["mask_label"]):
-            value = int(rec["mask_label"])
+            value = _label_value(rec["mask_label"])
+            if value is None:
+                raise RowError(
+                    row_label,
+                    str(rec["mask_path"]),
+                    f"mask_label {rec['mask_label']!r} is not a positive whole number",
+                )
         rows.extend(_lesions_of(row_label, rec, value, connectivity, min_voxels))
     out = pd.DataFrame(rows).reset_index(drop=True)
     for col in ("mask_row", "mask_label", "mask_component", "mask_voxels"):
-        if out[col].dtype != object:
-            out[col] = out[col].astype(np.int64)
+        if pd.api.types.is_integer_dtype(out[col]) or pd.api.types.is_float_dtype(out[col]):
+            out[col] = out[col].astype(np.int64)  # row labels stay as they are otherwise
     return out
+
+
+def _label_value(value) -> int | None:
+    """``value`` as a positive whole number, else None (0 is the background)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(number) if number.is_integer() and number > 0 else None
 
 
 def _lesions_of(
@@ -264,5 +287,6 @@ def _lesions_of(
         found.append(entry)
     if not found:
         what = f"label {value}" if value is not None else "non-zero voxels"
-        raise RowError(row, str(path), f"mask holds no {what} (at least {min_voxels} voxels)")
+        size = f" (at least {counted(min_voxels, 'voxel')})" if min_voxels > 1 else ""
+        raise RowError(row, str(path), f"mask holds no {what}{size}")
     return found

@@ -444,7 +444,7 @@ def quality_control(
     out_dir.mkdir(parents=True, exist_ok=True)
     _require_matplotlib()
     _pick_window(window, 0.0)  # check it before any work
-    table, resolved = prepare_table(table, image_root, mask_label)
+    table, resolved = prepare_table(table, image_root, mask_label, coordinate_system)
     seeds = validate_table(resolved, coordinate_system)
     records: list[dict] = [{} for _ in range(len(seeds))]
     groups: dict[tuple, list[int]] = {}

@@ -202,3 +202,75 @@ def test_extract_accepts_a_mask_table(tmp_path):
 
 def test_examples_run():
     assert doctest.testmod(masks).failed == 0
+
+
+@pytest.fixture
+def mask_table(tmp_path):
+    rng = np.random.default_rng(0)
+    write_image(tmp_path / "ct.nii.gz", rng.normal(-300, 300, (40, 60, 60)).astype(np.int16))
+    a = np.zeros((40, 60, 60), dtype=np.uint8)
+    a[10:14, 20:25, 20:25] = 1
+    a[25:30, 40:44, 35:40] = 1
+    write_image(tmp_path / "seg.nii.gz", a)
+    return pd.DataFrame({"image_path": ["ct.nii.gz"], "mask_path": ["seg.nii.gz"]})
+
+
+def _tiny(**kwargs):
+    from skfmcib import FMCIBTransformer
+
+    params = dict(weights=None, arch={"arch": "resnet10", "widen_factor": 0.25}, random_state=0)
+    return FMCIBTransformer(device="cpu", **params, **kwargs)
+
+
+def _features(frame: pd.DataFrame) -> np.ndarray:
+    features = frame.filter(like="fmcib_").to_numpy()
+    assert features.shape[1] == 128
+    return features
+
+
+def test_mask_seeds_are_written_in_the_table_s_coordinate_system(tmp_path, mask_table):
+    lps = extract(mask_table, tmp_path / "lps.csv", transformer=_tiny(), image_root=tmp_path)
+    ras = extract(mask_table, tmp_path / "ras.csv", transformer=_tiny(coordinate_system="RAS"),
+                  image_root=tmp_path)  # fmt: skip
+    a, b = pd.read_csv(lps.out), pd.read_csv(ras.out)
+    np.testing.assert_array_equal(_features(a), _features(b))  # the same lesions
+    np.testing.assert_array_equal(b[["coordX", "coordY"]], -a[["coordX", "coordY"]])
+    np.testing.assert_array_equal(b["coordZ"], a["coordZ"])
+
+
+@pytest.mark.parametrize("index", [["p1"], [7]])
+def test_mask_tables_keep_their_row_labels(tmp_path, mask_table, index):
+    doubled = pd.concat([mask_table, mask_table]).set_axis(index * 2)  # labels repeat
+    summary = extract(doubled, tmp_path / "f.csv", transformer=_tiny(), image_root=tmp_path)
+    frame = pd.read_csv(summary.out)
+    assert summary.n_written == 4 and frame["mask_row"].astype(str).tolist() == [str(index[0])] * 4
+    with pytest.raises(Exception, match=rf"row {index[0]} \("):
+        broken = doubled.copy()
+        broken["mask_path"] = ["seg.nii.gz", "missing.nii.gz"]
+        extract(broken, tmp_path / "g.csv", transformer=_tiny(), image_root=tmp_path)
+
+
+def test_path_objects_in_a_table(tmp_path, mask_table):
+    pytest.importorskip("pyarrow")
+    from pathlib import Path
+
+    table = mask_table.map(Path)  # relative Path objects, resolved against image_root
+    summary = extract(table, tmp_path / "f.parquet", transformer=_tiny(), image_root=tmp_path)
+    frame = pd.read_parquet(summary.out)
+    assert summary.n_written == 2 and frame["image_path"].tolist() == ["ct.nii.gz"] * 2
+
+
+def test_label_settings_are_checked(two_lesions):
+    path, _ = two_lesions
+    table = pd.DataFrame({"mask_path": [str(path)]})
+    for kwargs, says in (
+        ({"label": 0}, "label must be a positive whole number"),
+        ({"label": 1.5}, "label must be a positive whole number"),
+        ({"min_voxels": 0}, "min_voxels must be a positive integer"),
+    ):
+        with pytest.raises(ValueError, match=says):
+            seeds_from_masks(table, **kwargs)
+    with pytest.raises(RowError, match=r"row 0 .*mask_label 1\.7 is not a positive whole"):
+        seeds_from_masks(table.assign(mask_label=[1.7]))
+    with pytest.raises(RowError, match=r"mask holds no label 9$"):
+        seeds_from_masks(table, label=9)  # no "(at least 1 voxels)"
