@@ -332,8 +332,6 @@ def resolve_paths(table: pd.DataFrame, root: str | os.PathLike) -> pd.DataFrame:
 
 
 def _resolve(p, root: Path):
-    if isinstance(p, os.PathLike):
-        p = os.fspath(p)
     if not isinstance(p, str) or not p:
         return p
     return str(root / Path(p).expanduser())

@@ -33,7 +33,7 @@ from sksurv.util import check_array_survival, check_y_survival
 
 from . import _training, runtime
 from .patches import as_patches
-from .weights import load_encoder, read_checkpoint, save_checkpoint
+from .weights import _check_plain, load_encoder, read_checkpoint, save_checkpoint
 
 __all__ = ["FMCIBClassifier", "FMCIBSurvivalAnalysis", "cox_ph_loss"]
 
@@ -162,13 +162,11 @@ _NOT_SAVED = frozenset({"weights", "head", "arch", "device", "cache_dir", "check
 
 def _plain(value) -> bool:
     """Whether a parameter value can be stored in a weights-only checkpoint."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return True
-    if isinstance(value, (list, tuple)):
-        return all(_plain(v) for v in value)
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
-    return False
+    try:
+        _check_plain(value, "")
+    except TypeError:
+        return False
+    return True
 
 
 def _fill_doc(cls):

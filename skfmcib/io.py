@@ -795,18 +795,21 @@ def _raw_nrrd_layout(path: str, size: tuple[int, int, int]) -> tuple[np.dtype, i
     return dtype, offset
 
 
-def _meta_header(path: Path) -> tuple[dict[str, str], int]:
-    """A MetaImage header's fields, and its length in bytes (where LOCAL voxels start)."""
+def _meta_header(path: Path) -> tuple[dict[str, str], int, bytes]:
+    """A MetaImage header's fields, its length in bytes (where LOCAL voxels start), and
+    the bytes read after it (in a detached ``.mhd``: a ``LIST``'s file names)."""
     fields: dict[str, str] = {}
     length = 0
     with open(path, "rb") as f:
-        for raw in f.read(16384).split(b"\n"):
-            length += len(raw) + 1
-            key, _, value = raw.decode("latin-1").partition("=")
-            fields[key.strip()] = value.strip()
-            if key.strip() == "ElementDataFile":
-                break
-    return fields, length
+        # A detached header is small; an attached one's voxels follow its header.
+        head = f.read(1 << 20 if path.suffix.lower() == ".mhd" else 1 << 16)
+    for raw in head.split(b"\n"):
+        length += len(raw) + 1
+        key, _, value = raw.decode("latin-1").partition("=")
+        fields[key.strip()] = value.strip()
+        if key.strip() == "ElementDataFile":
+            break
+    return fields, length, head[length:]
 
 
 def _meta_compressed(path: Path) -> bool:
@@ -826,7 +829,7 @@ def _check_meta_complete(path: Path, size: tuple[int, ...]) -> None:
     ITK reports such a file as "cannot be read ... No such file or directory"; checked
     for one data file (LOCAL or a named one) with a known element type.
     """
-    fields, header = _meta_header(path)
+    fields, header, _ = _meta_header(path)
     item = _META_BYTES.get(fields.get("ElementType", ""))
     name = fields.get("ElementDataFile", "")
     try:
@@ -1253,18 +1256,13 @@ def _data_files(path: Path) -> list[Path] | None:
             stem = path.name[: -len(suffix)]
             return [q for q in (path.with_name(stem + s) for s in partners) if q.is_file()]
     if name.endswith((".mhd", ".mha")):
-        # A detached header is small; an attached one's voxels follow its header.
-        with open(path, "rb") as f:
-            lines = f.read(1 << 20 if name.endswith(".mhd") else 1 << 16)
-        lines = lines.decode("latin-1").splitlines()
-        for i, line in enumerate(lines):
-            key, _, value = line.partition("=")
-            if key.strip() == "ElementDataFile":
-                value = value.strip()
-                if value == "LOCAL":
-                    return []
-                return _listed_files(path.parent, value, lines[i + 1 :])
-        return None
+        fields, _, rest = _meta_header(path)
+        value = fields.get("ElementDataFile")
+        if value is None:
+            return None
+        if value == "LOCAL":
+            return []
+        return _listed_files(path.parent, value, rest.decode("latin-1").splitlines())
     if name.endswith((".nhdr", ".nrrd")):
         with open(path, "rb") as f:
             head = f.read(1 << 20 if name.endswith(".nhdr") else 1 << 16)

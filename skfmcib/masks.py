@@ -262,7 +262,7 @@ def _lesions_of(
     try:
         labels, affine = read_label_image(path)
     except ImageReadError as exc:
-        raise RowError(row, str(path), str(exc).removeprefix(f"{path}: ")) from exc
+        raise RowError.from_image_error(row, path, exc) from exc
     voxel_mm3 = abs(float(np.linalg.det(affine[:3, :3])))
     found = []
     for lab, comp, idx in _components(labels, value, connectivity):

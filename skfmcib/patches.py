@@ -414,7 +414,7 @@ def _image_patches(job: _ImageJob) -> Iterator[tuple[int, np.ndarray | RowError]
     path = job.path
 
     def failed(pos, label, exc: ImageReadError) -> tuple[int, RowError]:
-        return pos, RowError(label, path, str(exc).removeprefix(f"{path}: "))
+        return pos, RowError.from_image_error(label, path, exc)
 
     try:
         source = open_image(path, job.series_uid)

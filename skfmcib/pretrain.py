@@ -462,14 +462,11 @@ class SeedPairDataset(Dataset):
                 with open_image(path, uid) as source:
                     geometry = source.geometry
             except ImageReadError as exc:
-                raise self._row_error(members[0], exc) from None
+                raise RowError.from_image_error(self.labels[members[0]], path, exc) from None
             for i in members:
                 problem = _seed_problem(geometry, self.points[i])
                 if problem:
                     raise RowError(self.labels[i], path, problem)
-
-    def _row_error(self, i: int, exc: ImageReadError) -> RowError:
-        return RowError(self.labels[i], self.paths[i], str(exc).removeprefix(f"{self.paths[i]}: "))
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch, which (with the seed) fixes the negatives."""
@@ -506,7 +503,7 @@ class SeedPairDataset(Dataset):
         try:
             volume = self._volume(i)
         except ImageReadError as exc:  # changed since the dataset was made
-            raise self._row_error(i, exc) from None
+            raise RowError.from_image_error(self.labels[i], self.paths[i], exc) from None
         problem = _seed_problem(volume.geometry, self.points[i])
         if problem:
             raise RowError(self.labels[i], self.paths[i], problem)

@@ -40,6 +40,12 @@ class RowError(ValueError):
     def __reduce__(self):
         return (type(self), (self.row, self.path, self.reason))
 
+    @classmethod
+    def from_image_error(cls, row: Hashable, path, exc: BaseException) -> RowError:
+        """The error of a row whose image (or mask) could not be read: ``exc``'s message,
+        which names the file first, as the reason."""
+        return cls(row, str(path), str(exc).removeprefix(f"{path}: "))
+
 
 def validate_table(table: pd.DataFrame, coordinate_system: str = "LPS") -> pd.DataFrame:
     """Check a lesion table and return its seeds in LPS.

@@ -734,7 +734,6 @@ def _torch_load(path: Path) -> Any:
     except OSError:
         raise
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
-        detail = _unpickler_detail(exc)
         found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", str(exc))
         if found:
             raise CheckpointError(
@@ -744,7 +743,8 @@ def _torch_load(path: Path) -> Any:
                 "dict (a dict of tensors) or use skfmcib.weights.save_checkpoint."
             ) from exc
         raise CheckpointError(
-            f"{path} is not a readable torch checkpoint ({_what_it_is(path)}): {detail}"
+            f"{path} is not a readable torch checkpoint ({_what_it_is(path)}): "
+            f"{_unpickler_detail(exc)}"
         ) from exc
 
 
