@@ -363,6 +363,41 @@ class _ItkName:
         self.name = str(link)
 
 
+def _read_dicom_directory(path: Path, series_uid: str | None) -> Volume:
+    """A DICOM series read whole by SimpleITK (series pydicom cannot describe)."""
+    try:
+        files = _dicom_series_files(path, series_uid)
+        if len(files) == 1:  # one file: a multi-frame (enhanced) CT, read as a file
+            image = _sitk().ReadImage(files[0])
+        else:
+            reader = _sitk().ImageSeriesReader()
+            reader.SetFileNames(files)
+            reader.MetaDataDictionaryArrayUpdateOn()
+            image = reader.Execute()
+            _check_3d_scalar(
+                str(path), image.GetDimension(), image.GetNumberOfComponentsPerPixel(),
+                image.GetSize(),
+            )  # fmt: skip
+            _check_series_gaps(path, reader, image)
+    except RuntimeError as exc:
+        raise ImageReadError(f"{path}: cannot read image ({_first_line(exc)})") from exc
+    _check_3d_scalar(
+        str(path), image.GetDimension(), image.GetNumberOfComponentsPerPixel(), image.GetSize()
+    )
+    array = np.array(_sitk().GetArrayViewFromImage(image), copy=True)
+    return Volume(array=array, geometry=_geometry_of(image), path=str(path))
+
+
+def _narrowed(array: np.ndarray) -> np.ndarray:
+    """Rescaled integer voxels in ``int16`` where they fit, as GDCM stores a CT."""
+    if array.dtype.kind != "i" or array.dtype.itemsize <= 2 or array.size == 0:
+        return array
+    info = np.iinfo(np.int16)
+    if info.min <= array.min() and array.max() <= info.max:
+        return array.astype(np.int16)
+    return array
+
+
 def _first_line(exc: Exception) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     # ITK messages end with the useful description.
@@ -386,7 +421,11 @@ def read_image(path: str | os.PathLike, series_uid: str | None = None) -> Volume
         Voxels as stored (integer types are kept; HU after DICOM/NIfTI rescaling) with
         the image's LPS geometry: those SimpleITK reads. A NIfTI file whose header
         skfmcib reads as ITK does (see :func:`open_image`) is read without SimpleITK,
-        a ``.nii.gz`` inflated with ISA-L where the ``isal`` package is installed.
+        a ``.nii.gz`` inflated with ISA-L where the ``isal`` package is installed. A
+        DICOM directory is read as extraction reads it (:func:`open_image`): the
+        same slices, the same checks (a localizer or a second scan in the series is
+        refused), each slice's own rescale; rescaled integers come as ``int16``
+        where they fit.
 
     Raises
     ------
@@ -407,28 +446,20 @@ def read_image(path: str | os.PathLike, series_uid: str | None = None) -> Volume
     """
     path = Path(path)
     _require_exists(path)
+    if path.is_dir():
+        # As extraction reads it (open_image): the same slices, checks and values.
+        source = _open_dicom_directory(path, series_uid)
+        if isinstance(source, _WholeSource) and source._volume is not None:
+            return source._volume
+        volume = source.read()
+        return Volume(_narrowed(volume.array), volume.geometry, volume.path)
     try:
-        if path.is_dir():
-            files = _dicom_series_files(path, series_uid)
-            if len(files) == 1:  # one file: a multi-frame (enhanced) CT, read as a file
-                image = _sitk().ReadImage(files[0])
-            else:
-                reader = _sitk().ImageSeriesReader()
-                reader.SetFileNames(files)
-                reader.MetaDataDictionaryArrayUpdateOn()
-                image = reader.Execute()
-                _check_3d_scalar(
-                    str(path), image.GetDimension(), image.GetNumberOfComponentsPerPixel(),
-                    image.GetSize(),
-                )  # fmt: skip
-                _check_series_gaps(path, reader, image)
-        else:
-            _check_gzip_complete(path)
-            source = _nifti_source(path)
-            if source is not None:
-                return source.read()
-            itk_name = _ItkName(path)  # kept alive while SimpleITK reads
-            image = _sitk().ReadImage(itk_name.name)
+        _check_gzip_complete(path)
+        source = _nifti_source(path)
+        if source is not None:
+            return source.read()
+        itk_name = _ItkName(path)  # kept alive while SimpleITK reads
+        image = _sitk().ReadImage(itk_name.name)
     except RuntimeError as exc:
         raise ImageReadError(f"{path}: cannot read image ({_first_line(exc)})") from exc
     _check_3d_scalar(
@@ -583,7 +614,11 @@ class _WholeSource(ImageSource):
     def _read(self, lo, hi):
         with self._lock:
             if self._volume is None:
-                self._volume = read_image(self.path, self._series_uid)
+                path = Path(self.path)
+                if path.is_dir():
+                    self._volume = _read_dicom_directory(path, self._series_uid)
+                else:
+                    self._volume = read_image(path)
                 self.files_read.append(self.path)
             volume = self._volume
         return volume.read_region(lo, hi)
@@ -1205,7 +1240,7 @@ def _open_dicom_directory(path: Path, series_uid: str | None) -> ImageSource:
     if layout is None:
         # Not a series pydicom describes as SimpleITK does (or no DICOM pydicom reads):
         # SimpleITK reads it, whole, and reports any problem.
-        volume = read_image(path, series_uid)
+        volume = _read_dicom_directory(path, series_uid)
         source = _WholeSource(str(path), volume.geometry, series_uid)
         source._volume = volume
         return source

@@ -431,6 +431,10 @@ def _same_as_simpleitk(directory: Path) -> None:
     np.testing.assert_allclose(source.geometry.origin, expected.geometry.origin)
     size = np.array(source.geometry.size)
     np.testing.assert_array_equal(source.read_region([0, 0, 0], size), expected.array)
+    whole = read_image(directory)  # read as extraction reads it, the same values
+    _assert_same_geometry(whole.geometry, expected.geometry)
+    np.testing.assert_array_equal(whole.array, expected.array)
+    assert whole.array.dtype == expected.array.dtype
 
 
 def test_slices_without_preamble_or_file_meta_are_part_of_the_series(tmp_path):
@@ -457,22 +461,24 @@ def test_files_that_are_not_images_do_not_count_as_series(tmp_path):
     _same_as_simpleitk(directory)  # no series_uid needed
 
 
-def test_a_slice_of_another_orientation_is_refused_naming_it(tmp_path):
+@pytest.mark.parametrize("reader", [open_image, read_image])
+def test_a_slice_of_another_orientation_is_refused_naming_it(tmp_path, reader):
     directory, _ = _series(tmp_path)
     _rewrite(directory / "slice003.dcm", lambda ds: setattr(ds, "ImageOrientationPatient",
                                                             [1, 0, 0, 0, 0, -1]))  # fmt: skip
     with pytest.raises(ImageReadError, match=r"1 slice of the series has another orientation .*"
                                          r"slice003\.dcm.*localizer"):  # fmt: skip
-        open_image(directory)
+        reader(directory)
 
 
-def test_two_slices_at_one_position_are_refused_naming_them(tmp_path):
+@pytest.mark.parametrize("reader", [open_image, read_image])
+def test_two_slices_at_one_position_are_refused_naming_them(tmp_path, reader):
     directory, _ = _series(tmp_path)
     same = pydicom.dcmread(directory / "slice002.dcm").ImagePositionPatient
     _rewrite(directory / "slice005.dcm", lambda ds: setattr(ds, "ImagePositionPatient", same))
     with pytest.raises(ImageReadError, match=r"two slices at one position \(slice002\.dcm and "
                                          r"slice005\.dcm"):  # fmt: skip
-        open_image(directory)
+        reader(directory)
 
 
 def test_monochrome1_series_are_read_as_simpleitk_reads_them(tmp_path):
