@@ -261,7 +261,8 @@ def scaled(stored: np.ndarray, layout: NiftiLayout) -> np.ndarray:
         The stored values in native byte order when the header asks for no scaling;
         otherwise ``slope * value + intercept`` as ITK computes it: float64 data in
         double precision, other data converted to float32, scaled in double precision
-        and rounded to float32.
+        and rounded to float32. NaN and infinite floats are set to 0 first, as
+        nifti_clib sets them.
 
     Examples
     --------
@@ -273,6 +274,9 @@ def scaled(stored: np.ndarray, layout: NiftiLayout) -> np.ndarray:
     array([-1024.,  1024.], dtype=float32)
     """
     native = stored.astype(stored.dtype.newbyteorder("="), copy=False)
+    if native.dtype.kind == "f" and not np.isfinite(native).all():
+        # nifti_clib, which ITK reads with, sets non-finite voxels to 0 before scaling.
+        native = np.where(np.isfinite(native), native, native.dtype.type(0))
     if not layout.rescaled:
         return native
     if native.dtype == np.float64:

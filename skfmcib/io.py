@@ -19,11 +19,13 @@ read whole, once.
 from __future__ import annotations
 
 import math
+import mmap
 import os
 import shutil
 import tempfile
 import threading
 import weakref
+import zlib
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -155,11 +157,16 @@ def _require_exists(path: Path) -> None:
 
 
 def _geometry_of(image_or_reader) -> Geometry:
+    spacing = np.asarray(image_or_reader.GetSpacing(), dtype=np.float64)
+    direction = np.asarray(image_or_reader.GetDirection(), dtype=np.float64).reshape(3, 3)
+    # A header's negative voxel size: ITK's image reader makes it positive and turns the
+    # axis around; ReadImageInformation reports it as written.
+    flip = np.where(spacing < 0, -1.0, 1.0)
     return Geometry(
         size=tuple(int(s) for s in image_or_reader.GetSize()),
         origin=np.asarray(image_or_reader.GetOrigin(), dtype=np.float64),
-        spacing=np.asarray(image_or_reader.GetSpacing(), dtype=np.float64),
-        direction=np.asarray(image_or_reader.GetDirection(), dtype=np.float64).reshape(3, 3),
+        spacing=spacing * flip,
+        direction=direction * flip,
     )
 
 
@@ -243,20 +250,46 @@ def _check_gzip_complete(path: Path) -> None:
     expected = max(offset, 348) + n * bitpix // 8
     if stored == expected % 2**32:
         return
-    # A file of several gzip members (bgzip) stores only the last member's size: count
-    # the content itself before calling the file truncated.
+    # A file of several gzip members (bgzip) stores only the last member's size, and
+    # bytes after the data or after the last member are allowed: count the content
+    # itself before calling the file truncated.
     try:
-        with gzip.open(path, "rb") as fh:
-            stored = sum(len(block) for block in iter(lambda: fh.read(1 << 22), b""))
-    except (OSError, EOFError) as exc:
+        stored = _gzip_content_bytes(path)
+    except (OSError, zlib.error) as exc:
         raise ImageReadError(
             f"{path}: cannot read image (file is truncated or corrupt: {exc})"
         ) from exc
-    if stored != expected:
+    if stored < expected:
         raise ImageReadError(
             f"{path}: cannot read image (file is truncated: its gzip stream holds {stored} "
             f"bytes, the NIfTI header needs {expected}); copy or download it again"
         )
+
+
+def _gzip_content_bytes(path: Path) -> int:
+    """The length of a gzip file's content: its members in turn, as zlib's ``gzread``
+    reads them (bytes after a member that do not start another one are ignored)."""
+    total = 0
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        view = memoryview(mm)
+        try:
+            start = 0
+            while view[start : start + 2] == b"\x1f\x8b":
+                inflater = zlib.decompressobj(31)
+                pos = start
+                while not inflater.eof:
+                    if pos >= len(view):
+                        raise OSError("the file ends in the middle of its compressed data")
+                    chunk = view[pos : pos + (1 << 22)]
+                    pos += len(chunk)
+                    total += len(inflater.decompress(chunk, 1 << 24))
+                    while inflater.unconsumed_tail and not inflater.eof:
+                        total += len(inflater.decompress(inflater.unconsumed_tail, 1 << 24))
+                    chunk.release()
+                start = pos - len(inflater.unused_data)
+        finally:
+            view.release()
+    return total
 
 
 def _check_slice_gaps(path: Path, distances: list[float]) -> None:
@@ -788,6 +821,9 @@ _NRRD_TYPES = {
 _NRRD_TYPE_OF = {name: dtype for dtype, names in _NRRD_TYPES.items() for name in names}
 
 
+_NRRD_HEADER_BYTES = 1 << 24
+
+
 def _raw_nrrd_layout(path: str, size: tuple[int, int, int]) -> tuple[np.dtype, int] | None:
     """Data type and byte offset of an attached, uncompressed NRRD voxel block, else None."""
     fields: dict[str, str] = {}
@@ -795,9 +831,9 @@ def _raw_nrrd_layout(path: str, size: tuple[int, int, int]) -> tuple[np.dtype, i
         if not f.readline(64).startswith(b"NRRD"):
             return None
         while True:
-            line = f.readline(65536)
-            if not line:
-                return None  # no data after the header
+            line = f.readline()
+            if not line or f.tell() > _NRRD_HEADER_BYTES:
+                return None  # no data after the header, or no header SimpleITK reads
             text = line.decode("latin-1").rstrip("\r\n")
             if not text:
                 break
@@ -847,11 +883,24 @@ def _meta_header(path: Path) -> tuple[dict[str, str], int, bytes]:
     return fields, length, head[length:]
 
 
+def _meta_flag(fields: dict[str, str], key: str, default: bool) -> bool:
+    """A MetaImage yes/no field as MetaIO reads it: ``T``, ``t`` or ``1`` first is yes."""
+    value = fields.get(key)
+    if value is None:
+        return default
+    return value[:1] in ("T", "t", "1")
+
+
 def _meta_compressed(path: Path) -> bool:
     """Whether a MetaImage header says its voxels are zlib-compressed."""
     if path.suffix.lower() not in (".mha", ".mhd"):
         return False
-    return _meta_header(path)[0].get("CompressedData", "").lower() == "true"
+    return _meta_flag(_meta_header(path)[0], "CompressedData", False)
+
+
+def _meta_ascii(path: Path) -> bool:
+    """Whether a MetaImage header says its voxels are written as text."""
+    return not _meta_flag(_meta_header(path)[0], "BinaryData", True)
 
 
 _META_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4,
@@ -997,7 +1046,8 @@ def _dicom_series_layout(
         if ds.get("Rows") != rows or ds.get("Columns") != cols:
             odd_size.append(f"{Path(file).name} ({ds.get('Rows')} x {ds.get('Columns')})")
             continue
-        if not np.allclose(other_iop, iop, rtol=0, atol=1e-6):
+        # Rounding in the written cosines is not another orientation (1e-4: 0.006 deg).
+        if not np.allclose(other_iop, iop, rtol=0, atol=1e-4):
             odd_orientation.append(Path(file).name)
             continue
         if not np.allclose(other_spacing, spacing, rtol=0, atol=1e-6):
@@ -1208,6 +1258,8 @@ def open_image(path: str | os.PathLike, series_uid: str | None = None) -> ImageS
         layout = _raw_nrrd_layout(str(path), geometry.size)
         if layout is not None:
             return _RawSource(str(path), geometry, *layout)
+    elif io_name == "MetaImageIO" and _meta_ascii(path):
+        pass  # voxels as text: SimpleITK reads regions of them wrong; read whole
     elif io_name in ("NiftiImageIO", "MetaImageIO"):
         compressed = path.name.lower().endswith(".gz") or _meta_compressed(path)
         if io_name == "MetaImageIO" and not compressed:

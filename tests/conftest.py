@@ -89,13 +89,14 @@ def read_with_simpleitk(path, series_uid=None):
 
     ``read_image`` reads most NIfTI files without SimpleITK, so tests that compare a
     reader of skfmcib's with SimpleITK read through this instead. A DICOM directory
-    is read by ``read_image``, which uses SimpleITK's series reader.
+    is read by SimpleITK's series reader, from the files of the series that
+    GDCM's series listing gives (``skfmcib.io._read_dicom_directory``).
     """
-    from skfmcib.io import Volume, _geometry_of, read_image
+    from skfmcib.io import Volume, _geometry_of, _read_dicom_directory
 
     path = Path(path)
     if path.is_dir():
-        return read_image(path, series_uid)
+        return _read_dicom_directory(path, series_uid)
     image = sitk.ReadImage(str(path))
     return Volume(sitk.GetArrayFromImage(image), _geometry_of(image), str(path))
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import struct
+import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -296,7 +298,7 @@ def test_dicom_rescale_slope_and_intercept_per_file(tmp_path):
 def test_real_dicom_series_geometry_and_pixels_equal_simpleitk(shared_data):
     d = shared_data / "ct" / "example_ct_dicom"  # JPEG 2000 compressed
     assert _assert_regions_equal_full_read(d) == "dicom"
-    _assert_same_geometry(read_geometry(d), read_image(d).geometry)
+    _assert_same_geometry(read_geometry(d), read_with_simpleitk(d).geometry)
 
 
 def test_one_lesion_reads_the_pixels_of_under_a_third_of_a_300_slice_series(tmp_path):
@@ -313,7 +315,7 @@ def test_one_lesion_reads_the_pixels_of_under_a_third_of_a_300_slice_series(tmp_
     # The 50 mm cube touches 51 of the 1 mm slices: only their pixel data are read.
     assert len(opened) == len(set(opened)) <= 52
     assert 0 < read < total / 3, (read, total)
-    np.testing.assert_array_equal(patch, extract_patch(read_image(d), seed))
+    np.testing.assert_array_equal(patch, extract_patch(read_with_simpleitk(d), seed))
 
 
 def _bytes_read() -> int:
@@ -502,3 +504,137 @@ def test_a_folder_holding_one_multi_frame_file_is_read_as_that_file(tmp_path):
     assert series.Execute().GetDimension() == 4
     np.testing.assert_array_equal(read_image(directory).array, hu)
     np.testing.assert_array_equal(open_image(directory).read_region([0, 0, 0], [24, 20, 6]), hu)
+
+
+# --- headers and files that SimpleITK reads, read the same way ----------------------------
+
+
+def _ramp(shape=(12, 30, 34)) -> np.ndarray:
+    z, y, x = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    return (x + 7 * y + 301 * z - 1000).astype(np.int16)  # every voxel distinct
+
+
+def _nifti_bytes(array: np.ndarray, code: int = 4, bitpix: int = 16, slope=0.0) -> bytes:
+    nz, ny, nx = array.shape
+    h = bytearray(348)
+    struct.pack_into("<i", h, 0, 348)
+    struct.pack_into("<8h", h, 40, 3, nx, ny, nz, 1, 1, 1, 1)
+    struct.pack_into("<2h", h, 70, code, bitpix)
+    struct.pack_into("<8f", h, 76, 1, 0.7, 0.8, 2.5, 1, 1, 1, 1)
+    struct.pack_into("<3f", h, 108, 352, slope, -3.0 if slope else 0.0)
+    h[123] = 2
+    struct.pack_into("<2h", h, 252, 1, 0)  # qform code 1, identity quaternion
+    h[344:348] = b"n+1\0"
+    return bytes(h) + b"\0" * 4 + array.tobytes()
+
+
+@pytest.mark.parametrize("suffix", ["nii", "nii.gz"])
+@pytest.mark.parametrize("slope", [0.0, 2.0])
+def test_non_finite_float_voxels_are_zero_as_simpleitk_reads_them(tmp_path, suffix, slope):
+    values = _ramp().astype(np.float32)
+    values[5, 10, 11], values[0, 0, 0], values[-1, -1, -1] = np.nan, np.inf, -np.inf
+    blob = _nifti_bytes(values, code=16, bitpix=32, slope=slope)
+    path = tmp_path / f"ct.{suffix}"
+    path.write_bytes(gzip.compress(blob) if suffix.endswith("gz") else blob)
+    assert open_image(path).strategy in ("raw", "inflate")  # read without SimpleITK
+    _assert_regions_equal_full_read(path)
+    whole = read_image(path).array
+    assert np.isfinite(whole).all()
+    np.testing.assert_array_equal(whole, read_with_simpleitk(path).array)
+
+
+def _meta(path: Path, array: np.ndarray, binary="True", compressed=None) -> Path:
+    nz, ny, nx = array.shape
+    head = (
+        f"ObjectType = Image\nNDims = 3\nBinaryData = {binary}\nBinaryDataByteOrderMSB = False\n"
+        + (f"CompressedData = {compressed}\n" if compressed else "")
+        + "TransformMatrix = 1 0 0 0 1 0 0 0 1\nOffset = 0 0 0\nElementSpacing = 1 1 2\n"
+        f"DimSize = {nx} {ny} {nz}\nElementType = MET_SHORT\n"
+    )
+    if binary == "False":
+        body = (" ".join(map(str, array.ravel())) + "\n").encode()
+    elif compressed:
+        body = zlib.compress(array.tobytes())
+        head += f"CompressedDataSize = {len(body)}\n"
+    else:
+        body = array.tobytes()
+    path.write_bytes((head + "ElementDataFile = LOCAL\n").encode() + body)
+    return path
+
+
+def test_a_metaimage_of_text_voxels_is_read_whole(tmp_path):
+    # SimpleITK reads boxes of text voxels wrong (and can corrupt memory doing so).
+    path = _meta(tmp_path / "ct.mha", _ramp(), binary="False")
+    assert open_image(path).strategy == "whole"
+    _assert_regions_equal_full_read(path)
+    np.testing.assert_array_equal(read_with_simpleitk(path).array, _ramp())
+
+
+@pytest.mark.parametrize("flag", ["True", "1", "T"])
+def test_compressed_metaimage_flag_spellings(tmp_path, flag):
+    path = _meta(tmp_path / "ct.mha", _ramp(), compressed=flag)
+    np.testing.assert_array_equal(read_with_simpleitk(path).array, _ramp())
+    assert open_image(path).sequential  # read as compressed data, not refused as short
+    _assert_regions_equal_full_read(path)
+
+
+@pytest.mark.parametrize("length", [65535, 65536, 3 * 65536])
+def test_raw_nrrd_with_a_long_header_line(tmp_path, length):
+    nz, ny, nx = _ramp().shape
+    header = (
+        f"NRRD0004\ntype: short\ndimension: 3\nspace: left-posterior-superior\n"
+        f"sizes: {nx} {ny} {nz}\nspace directions: (1,0,0) (0,1,0) (0,0,1)\n"
+        "endian: little\nencoding: raw\nspace origin: (0,0,0)\n#" + "x" * (length - 1) + "\n\n"
+    )
+    path = tmp_path / "ct.nrrd"
+    path.write_bytes(header.encode() + _ramp().tobytes())
+    assert open_image(path).strategy == "raw"
+    _assert_regions_equal_full_read(path)
+
+
+@pytest.mark.parametrize("tail", ["content", "bytes"])
+def test_gzipped_nifti_with_more_after_its_data_is_not_truncated(tmp_path, tail):
+    blob = _nifti_bytes(_ramp())
+    path = tmp_path / "ct.nii.gz"
+    if tail == "content":  # bytes after the voxels, inside the gzip stream
+        path.write_bytes(gzip.compress(blob + b"\1" * 100))
+    else:  # bytes after the gzip stream that do not start another member
+        path.write_bytes(gzip.compress(blob[:1000]) + gzip.compress(blob[1000:]) + b"garbage!")
+    np.testing.assert_array_equal(read_with_simpleitk(path).array, _ramp())
+    _assert_regions_equal_full_read(path)
+    np.testing.assert_array_equal(read_image(path).array, _ramp())
+    # Short content is still refused, whatever follows it.
+    path.write_bytes(gzip.compress(blob[:-10]) + b"garbage!")
+    with pytest.raises(ImageReadError, match="truncated: its gzip stream holds"):
+        read_image(path)
+
+
+@pytest.mark.parametrize("suffix", ["mha", "nrrd", "nii"])
+def test_a_negative_voxel_size_in_the_header_gives_simpleitk_geometry(tmp_path, suffix):
+    path = write_image(tmp_path / f"ct.{suffix}", _ramp(), spacing=(0.5, 0.7, 2.0))
+    data = path.read_bytes()
+    if suffix == "mha":
+        data = data.replace(b"ElementSpacing = 0.5", b"ElementSpacing = -0.5")
+    elif suffix == "nrrd":  # per-axis spacings, no space directions
+        nz, ny, nx = _ramp().shape
+        data = (
+            f"NRRD0004\ntype: short\ndimension: 3\nsizes: {nx} {ny} {nz}\n"
+            "spacings: -0.5 0.7 2\nendian: little\nencoding: raw\n\n"
+        ).encode() + _ramp().tobytes()
+    else:
+        h = bytearray(data)
+        struct.pack_into("<f", h, 80, -0.5)  # pixdim[1]
+        data = bytes(h)
+    path.write_bytes(data)
+    truth = read_with_simpleitk(path)
+    assert truth.geometry.spacing[0] == 0.5  # SimpleITK turns the axis around
+    _assert_same_geometry(read_geometry(path), truth.geometry)
+    _assert_regions_equal_full_read(path)
+
+
+def test_rounding_in_one_slices_orientation_is_not_another_orientation(tmp_path):
+    directory, _ = _series(tmp_path)
+    _rewrite(directory / "slice003.dcm", lambda ds: setattr(ds, "ImageOrientationPatient",
+                                                            [1, 1e-5, 0, 0, 1, 2e-6]))  # fmt: skip
+    assert open_image(directory).strategy == "dicom"
+    _same_as_simpleitk(directory)
