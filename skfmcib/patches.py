@@ -57,7 +57,9 @@ _CORNER_ATOL = 1e-8
 def normalize_hu(hu: np.ndarray) -> np.ndarray:
     """Map Hounsfield units to the encoder's input scale, ``(HU + 1024) / 3072``.
 
-    No clipping, as in the reference: -1024 HU maps to 0 and 2048 HU to 1.
+    No clipping, as in the reference: -1024 HU maps to 0 and 2048 HU to 1. Computed in
+    float32, as the reference computes it (MONAI's ``NormalizeIntensityd`` on the
+    float32 image ``LoadImaged`` gives), before any resampling.
 
     Examples
     --------
@@ -66,7 +68,8 @@ def normalize_hu(hu: np.ndarray) -> np.ndarray:
     >>> normalize_hu(np.array([-1024.0, 2048.0])).tolist()
     [0.0, 1.0]
     """
-    return (np.asarray(hu, dtype=np.float64) + HU_OFFSET) / HU_SCALE
+    values = np.asarray(hu, dtype=np.float32)
+    return (values + np.float32(HU_OFFSET)) / np.float32(HU_SCALE)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,10 @@ import pandas as pd
 __all__ = ["COORD_COLUMNS", "REQUIRED_COLUMNS", "RowError", "row_problem", "validate_table"]
 
 COORD_COLUMNS = ("coordX", "coordY", "coordZ")
+# Options for pd.read_csv that read every number as written. pandas before 3 parses
+# 17-digit numbers to a neighbouring float in about one case in six by default: a seed
+# on a voxel centre can then fall one voxel lower in the reference's truncated index.
+EXACT_CSV = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
 REQUIRED_COLUMNS = ("image_path", *COORD_COLUMNS)
 _COORDINATE_SYSTEMS = ("LPS", "RAS")
 

@@ -476,3 +476,20 @@ def test_reader_errors_for_empty_and_absent_files(tmp_path):
 def test_docstring_examples_run(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_csv_readers_read_17_digit_seeds_exactly(tmp_path):
+    # Seeds on voxel centres, written with every digit (as float's repr writes them):
+    # pandas before 3 read about one in six of such numbers as a neighbouring float,
+    # enough to move a truncated index down one voxel.
+    from skfmcib.datasets import read_reference_csv
+    from skfmcib.extract import read_table
+
+    rng = np.random.default_rng(0)
+    values = rng.uniform(-1200, 1200, (300, 3))
+    csv = tmp_path / "seeds.csv"
+    lines = ["image_path,coordX,coordY,coordZ"]
+    lines += ["ct.nii.gz," + ",".join(repr(float(v)) for v in row) for row in values]
+    csv.write_text("\n".join(lines) + "\n")
+    for table in (read_reference_csv(csv), read_table(csv)[0]):
+        np.testing.assert_array_equal(table[["coordX", "coordY", "coordZ"]].to_numpy(), values)

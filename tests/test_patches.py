@@ -52,8 +52,10 @@ def test_interior_patches_match_reference(shared_data):
     assert len(interior) == 6
     for i in interior:
         diff = np.abs(ours[i] - ref[i])
-        assert diff.max() <= 1e-4, (i, diff.max())
-        assert diff.mean() <= 1e-5, (i, diff.mean())
+        # Normalised in float32 as the reference normalises: a few hundred of the
+        # 125,000 samples differ, by a float32 rounding step (1.2e-7 at most).
+        assert diff.max() <= 1.2e-7, (i, diff.max())
+        assert np.count_nonzero(diff) <= 1000, (i, np.count_nonzero(diff))
 
 
 def test_oblique_patches_match_reference(shared_data):
@@ -63,9 +65,7 @@ def test_oblique_patches_match_reference(shared_data):
     direction = volume.geometry.direction
     assert not np.allclose(np.abs(direction), np.eye(3)), "fixture should be oblique"
     ours = load_patches(table)
-    for i in range(len(table)):
-        diff = np.abs(ours[i] - ref[i])
-        assert diff.max() <= 1e-4 and diff.mean() <= 1e-5, (i, diff.max(), diff.mean())
+    np.testing.assert_array_equal(ours, ref)  # bit for bit
 
 
 def _reference_crop_alignment(volume, seed):
@@ -174,7 +174,9 @@ def _trilinear_oracle(geometry, hu, start):
     floor = np.floor(idx)
     frac = idx - floor
     floor = floor.astype(np.int64)
-    padded = np.pad((hu.astype(np.float64) + 1024.0) / 3072.0, 1)  # (z, y, x), fill 0.0
+    # Normalised in float32 (MONAI's NormalizeIntensityd), interpolated in double.
+    normalised = (hu.astype(np.float32) + np.float32(1024.0)) / np.float32(3072.0)
+    padded = np.pad(normalised.astype(np.float64), 1)  # (z, y, x), fill 0.0
     size = np.array(padded.shape[::-1])
     out = np.zeros(floor.shape[:3])
     for corner in np.ndindex(2, 2, 2):  # (dx, dy, dz)

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..table import EXACT_CSV
+
 __all__ = ["read_reference_csv"]
 
 _REQUIRED = ("image_path", "coordX", "coordY", "coordZ")
@@ -74,7 +76,9 @@ def read_reference_csv(path: str | os.PathLike[str]) -> pd.DataFrame:
     name = str(csv_path)
     try:
         # keep blank lines as empty rows so that row positions map to file lines
-        raw = pd.read_csv(csv_path, skip_blank_lines=False, dtype={"image_path": object})
+        raw = pd.read_csv(
+            csv_path, skip_blank_lines=False, dtype={"image_path": object}, **EXACT_CSV
+        )
     except pd.errors.EmptyDataError:
         raise ValueError(
             f"{name}: the file is empty; expected a header line with {', '.join(_REQUIRED)}"
