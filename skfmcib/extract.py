@@ -459,6 +459,10 @@ def _transform_isolating(
     try:
         return _transform_recording(model, sub, seeds)
     except Exception as exc:  # noqa: BLE001 - any failure of one image must not stop a run
+        from .weights import CheckpointError  # imported already: the encoder is loaded
+
+        if isinstance(exc, CheckpointError):
+            raise  # the weights changed under the run: no row's fault, the run stops
         keys = seeds.loc[sub.index, "image_path"].to_numpy()
         if len(set(keys)) > 1:
             feats = np.full((len(sub), model.n_features_out_), np.nan, dtype=np.float32)
@@ -1029,6 +1033,18 @@ def _extract(
             f"continue with {_option('resume', True)}"
         )
         raise
+    except Exception as exc:
+        from .weights import CheckpointError
+
+        if not isinstance(exc, CheckpointError):
+            raise
+        raise ExtractError(
+            f"{exc}. {counted(len(done), 'finished chunk')} (computed with the weights as "
+            f"they were read) kept in {parts}; {_option('resume', True)} continues them "
+            "only with the weights file as it was: restore it, or write the run with the "
+            "new weights to a new output",
+            exit_status=1,
+        ) from exc
 
     summary = _assemble(out, fmt, table, work, chunks, parts, on_error, provenance, feature_names)
     shutil.rmtree(parts, ignore_errors=True)

@@ -221,6 +221,7 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
             seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         self._random_seed = seed
         self.__dict__.pop("_encoder", None)
+        self.__dict__.pop("_weights_read", None)
         self.__dict__.pop("_auto_batch", None)
         config = _encoder_config(self.arch)
         memo = _weights_memo_key(self.weights, config, self.cache_dir, seed)
@@ -237,6 +238,7 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
         )
         self._encoder = runtime.prepare_encoder(encoder, self.device_, self.precision)
         self._encoder_precision = self.precision
+        self._weights_read = info
         self.weights_info_ = info
         self.n_features_out_ = int(encoder.out_features)
         if memo is not None:
@@ -283,10 +285,12 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
             self.device_ = runtime.resolve_device(self.device)
         self._encoder = runtime.prepare_encoder(encoder, self.device_, self.precision)
         self._encoder_precision = self.precision
+        self._weights_read = new
 
     def __getstate__(self):
         state = super().__getstate__()
         state.pop("_encoder", None)
+        state.pop("_weights_read", None)
         state.pop("_auto_batch", None)
         state.pop("_encoder_precision", None)
         return state
@@ -379,7 +383,15 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
     def _encode(self, encoder, batch: np.ndarray) -> np.ndarray:
         from . import runtime
 
-        return runtime.encode(encoder, batch, self.device_, self.precision)
+        # Checked before (a file cut short would crash the process when its pages are
+        # read) and after (nothing computed from a rewritten file is kept or cached).
+        read = self.__dict__.get("_weights_read")
+        if read is not None:
+            read.check_unchanged()
+        feats = runtime.encode(encoder, batch, self.device_, self.precision)
+        if read is not None:
+            read.check_unchanged()
+        return feats
 
     def _encode_into(self, out, where, batch, cache, keys) -> None:
         feats = self._encode(self.encoder_, batch)

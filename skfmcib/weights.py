@@ -685,6 +685,22 @@ class _FileDigest:
                 self._value = file_digest(self.path)
             return self._value
 
+    def check_unchanged(self) -> None:
+        """Raise :class:`CheckpointError` if the file was rewritten in place since it was
+        read: weights read memory-mapped are pages of it, and would change with it."""
+        try:
+            size, mtime, _, inode = file_state(self.path)
+        except OSError:
+            return  # removed: the pages read stay the file as it was
+        if inode == self._state[3] and (size, mtime) != self._state[:2]:
+            raise CheckpointError(
+                f"{self.path} was rewritten after its weights were read; they are read "
+                "from the file's pages as needed, so they would now be a mix of the old "
+                "and the new file. Fit again to use the new weights. To replace a weights "
+                "file that a running model uses, write the new file beside it and rename "
+                "it over the old one"
+            )
+
 
 # ---------------------------------------------------------------------- checkpoints
 
@@ -994,6 +1010,12 @@ class WeightsInfo:
     def digest(self) -> str:
         digest = self._digest
         return digest if isinstance(digest, str) else digest.get()
+
+    def check_unchanged(self) -> None:
+        """Raise :class:`CheckpointError` if the checkpoint was rewritten in place since
+        its weights were read (memory-mapped weights would change with it)."""
+        if isinstance(self._digest, _FileDigest):
+            self._digest.check_unchanged()
 
     def _fields(self) -> tuple:
         return (self.source, self.digest, self.config, self.path)

@@ -630,3 +630,28 @@ def test_cli_messages_count_in_the_singular_and_name_the_table(
     err = capsys.readouterr().err
     assert f"error: {tmp_path / 'empty.csv'}: lesion table is empty" in err
     assert "lesion table: lesion table" not in err
+
+
+def test_weights_rewritten_during_a_run_stop_it(study, tmp_path, monkeypatch):
+    # Not a failure of the rows that follow: the run stops, its finished chunks kept.
+    import skfmcib.extract as extract_module
+
+    weights = make_checkpoint(tmp_path / "w.torch", seed=0)
+    save_part = extract_module._save_part
+
+    def save_then_rewrite(parts, index, result):
+        name = save_part(parts, index, result)
+        if index == 0:  # in place, as torch.save(..., same path) writes
+            net, _ = load_encoder(None, config=TINY, random_state=1)
+            import torch
+
+            torch.save({"trunk_state_dict": net.state_dict()}, weights)
+        return name
+
+    monkeypatch.setattr(extract_module, "_save_part", save_then_rewrite)
+    out = tmp_path / "f.csv"
+    with pytest.raises(ExtractError, match=r"w\.torch was rewritten .* 1 finished chunk"):
+        extract(study / "seeds.csv", out, transformer=tiny(weights), chunk_size=2)
+    assert not out.exists() and not errors_path(out).exists()
+    manifest = json.loads((parts_dir(out) / "manifest.json").read_text())
+    assert list(manifest["done"]) == ["0"]

@@ -858,3 +858,38 @@ def test_a_save_removes_the_temporary_file_a_killed_writer_left(tmp_path):
     assert read_checkpoint(target).config.arch == "resnet10"
     assert not abandoned.exists()
     assert in_progress.exists() and elsewhere.exists()  # a writer still running, or unknown
+
+
+# ------------------------------------------------ a weights file changed while in use
+
+
+def _tiny_file(path: Path, seed: int) -> Path:
+    net, _ = load_encoder(None, config=SMALL, random_state=seed)
+    return save_checkpoint(net, path)
+
+
+def test_weights_rewritten_in_place_after_fit_are_refused(tmp_path):
+    # Weights are memory-mapped pages of the file: rewritten in place, the fitted model's
+    # weights would change under it (and the cache would file them under the old digest).
+    from skfmcib import FMCIBTransformer
+
+    path = _tiny_file(tmp_path / "w.torch", seed=0)
+    patches = np.random.default_rng(0).random((2, 1, 50, 50, 50), dtype=np.float32)
+    model = FMCIBTransformer(weights=path, arch=SMALL.to_dict(), device="cpu").fit()
+    before = model.transform(patches)
+    inode = path.stat().st_ino
+    torch.save({"trunk_state_dict": load_encoder(None, config=SMALL, random_state=1)[0]
+                .state_dict()}, path)  # fmt: skip
+    assert path.stat().st_ino == inode  # the same file, rewritten
+    with pytest.raises(CheckpointError, match=r"w\.torch was rewritten after its weights were"):
+        model.transform(patches)
+    # Cut short: an error, not a crash reading pages that no longer exist.
+    path.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="rewritten"):
+        model.transform(patches)
+    # Replaced by a rename, the file read stays as it was: the model keeps its weights.
+    fresh = FMCIBTransformer(weights=_tiny_file(path, 0), arch=SMALL.to_dict(), device="cpu")
+    fresh.fit()
+    np.testing.assert_array_equal(fresh.transform(patches), before)
+    _tiny_file(tmp_path / "new.torch", seed=1).replace(path)
+    np.testing.assert_array_equal(fresh.transform(patches), before)
