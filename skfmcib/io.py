@@ -743,7 +743,8 @@ class _NiftiGzSource(ImageSource):
     through :mod:`skfmcib._inflate`) up to the last slice asked for, once for all the
     boxes asked together, each box cut from the slices as they pass and scaled as ITK
     scales it (see :mod:`skfmcib._nifti`). A read that reaches the last slice also
-    inflates the file's end, where gzip's check sums find corrupt data."""
+    inflates the file's end, where gzip's check sums find corrupt data: then the boxes
+    that reach the last slice fail, those handed on before do not."""
 
     strategy = "inflate"
     sequential = True
@@ -777,7 +778,10 @@ class _NiftiGzSource(ImageSource):
                 stream.skip(self._layout.offset + first * plane)
                 z = first
                 while z < last:
-                    n = min(per_call, last - z)
+                    # Each read stops where the next box ends, so a box is complete (and
+                    # handed on) before anything after it is inflated: what a box gives,
+                    # data or error, is what reading it alone gives.
+                    n = min(per_call, int(boxes[waiting[0]][1][2]) - z)
                     data = stream.read(n * plane)
                     if len(data) < n * plane:
                         raise _inflate.GzipError("file is shorter than its header says")

@@ -444,18 +444,29 @@ def _image_patches(job: _ImageJob) -> Iterator[tuple[int, np.ndarray | RowError]
             groups = _union_groups(plans)
         else:
             groups = [(plan.lo, plan.hi, [(pos, label, plan)]) for pos, label, plan in plans]
-        for lo, hi, members in groups:
-            try:
-                reader = _Block(source.read_region(lo, hi), lo)
-            except ImageReadError as exc:
-                for pos, label, _ in members:
-                    yield failed(pos, label, exc)
+        yield from _read_groups(source, groups, failed)
+
+
+def _read_groups(source, groups: list, failed) -> Iterator[tuple[int, np.ndarray | RowError]]:
+    """Patches of the plans in ``groups``, each group's box read at once."""
+    for lo, hi, members in groups:
+        try:
+            reader = _Block(source.read_region(lo, hi), lo)
+        except ImageReadError as exc:
+            if len(members) > 1:
+                # Each lesion alone, so that what it gives does not depend on the others
+                # (a file corrupt near its end fails only the boxes that reach it).
+                alone = [(plan.lo, plan.hi, [(pos, label, plan)]) for pos, label, plan in members]
+                yield from _read_groups(source, alone, failed)
                 continue
-            for pos, _, plan in members:
-                hu = reader.read_region(plan.lo, plan.hi)
-                yield pos, _interpolate(hu, plan).astype(np.float32)
-            del reader, hu
-            release_free_memory()  # the box's voxels, before the encoder's next batch
+            for pos, label, _ in members:
+                yield failed(pos, label, exc)
+            continue
+        for pos, _, plan in members:
+            hu = reader.read_region(plan.lo, plan.hi)
+            yield pos, _interpolate(hu, plan).astype(np.float32)
+        del reader, hu
+        release_free_memory()  # the box's voxels, before the encoder's next batch
 
 
 def iter_patches(

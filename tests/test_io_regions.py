@@ -638,3 +638,42 @@ def test_rounding_in_one_slices_orientation_is_not_another_orientation(tmp_path)
                                                             [1, 1e-5, 0, 0, 1, 2e-6]))  # fmt: skip
     assert open_image(directory).strategy == "dicom"
     _same_as_simpleitk(directory)
+
+
+# --- a file corrupt near its end: each lesion gets what reading it alone gives --------------
+
+
+def _corrupt_near_the_end(path: Path, back: int) -> None:
+    data = bytearray(path.read_bytes())
+    for i in range(len(data) - back, len(data) - back + 200):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _two_lesions(path: Path) -> pd.DataFrame:
+    # A in the middle of the scan, B in its last slices (its read reaches the corruption).
+    return pd.DataFrame(
+        {
+            "image_path": [str(path)] * 2,
+            "coordX": [30.0] * 2,
+            "coordY": [30.0] * 2,
+            "coordZ": [26.0, 75.0],
+        }  # fmt: skip
+    )
+
+
+@pytest.mark.parametrize("suffix", ["nii.gz", "mha"])
+def test_a_lesion_read_with_others_gets_what_it_gets_alone(tmp_path, suffix):
+    z, y, x = np.meshgrid(np.arange(80), np.arange(60), np.arange(60), indexing="ij")
+    hu = ((7 * x + 13 * y + 29 * z) % 2000 - 1000).astype(np.int16)
+    path = tmp_path / f"ct.{suffix}"
+    sitk.WriteImage(sitk.GetImageFromArray(hu), str(path), useCompression=True)
+    # .nii.gz: bytes flipped where the data still inflate; only the gzip check sum at
+    # the file's end finds them. .mha: zlib data that stop inflating near the end.
+    _corrupt_near_the_end(path, 600 if suffix == "mha" else 3000)
+    table = _two_lesions(path)
+    with pytest.warns(UserWarning, match=r"row 1 .*cannot read image"):
+        both = load_patches(table, on_error="nan")
+    alone = load_patches(table.iloc[[0]], on_error="nan")
+    assert np.isfinite(alone).all() and not np.isfinite(both[1]).any()
+    np.testing.assert_array_equal(both[0], alone[0])
