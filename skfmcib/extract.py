@@ -1062,7 +1062,8 @@ def _label(table: pd.DataFrame, pos: int):
 def _stopped_at(
     errors: Mapping[int, str], table: pd.DataFrame, work: pd.DataFrame, n_done: int, parts: Path
 ) -> ExtractError:
-    """The error that stops a run with ``on_error="raise"``, at its first failed row."""
+    """The error that stops a run with ``on_error="raise"``, at the chunk's first failed
+    row (chunks are computed image by image, not in row order)."""
     pos = min(errors)
     resume = _option("resume", True)
     return ExtractError(
@@ -1149,7 +1150,6 @@ def _assemble(
             f"{parts}: {counted(int((~covered).sum()), 'row')} without a part file; continue "
             f"with {_option('resume', True)}"
         )
-    err_path = _write_errors(out, work, table, errors)
     keep = np.ones(len(work), dtype=bool)
     if on_error == "skip" and errors:
         keep[sorted(errors)] = False
@@ -1160,20 +1160,30 @@ def _assemble(
         ],
         axis=1,
     )
+    # The input's own index is written only if it has one (not 0, 1, 2, ...): rows left
+    # out must not make one appear.
+    own_index = not isinstance(table.index, pd.RangeIndex)
+    # The errors file and the provenance (a CSV's sidecar) describe the output: the old
+    # ones go first and the new ones are written after it, the sidecar last, so that a
+    # run stopped in between never leaves an output beside another run's description
+    # (the parts folder is still there, and --resume finishes the job).
+    for stale in (provenance_path(out), errors_path(out)):
+        stale.unlink(missing_ok=True)
     if fmt == "parquet":
         pa = _require_pyarrow("writing a .parquet output")
         try:
-            arrow = pa.Table.from_pandas(frame, preserve_index=None)
+            arrow = pa.Table.from_pandas(frame, preserve_index=own_index)
         except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
             raise ExtractError(f"cannot store the table's columns in Parquet ({exc})") from exc
         meta = dict(arrow.schema.metadata or {})
         meta[METADATA_KEY] = json.dumps(provenance, sort_keys=True).encode()
         arrow = arrow.replace_schema_metadata(meta)
         atomic_write(out, lambda tmp: pa.parquet.write_table(arrow, tmp))
+        err_path = _write_errors(out, work, table, errors)
     else:
+        atomic_write(out, lambda tmp: frame.to_csv(tmp, index=own_index))
+        err_path = _write_errors(out, work, table, errors)
         _write_json(provenance_path(out), provenance)
-        index = not isinstance(frame.index, pd.RangeIndex)
-        atomic_write(out, lambda tmp: frame.to_csv(tmp, index=index))
     return ExtractSummary(
         out=out,
         errors_path=err_path,

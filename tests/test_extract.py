@@ -655,3 +655,45 @@ def test_weights_rewritten_during_a_run_stop_it(study, tmp_path, monkeypatch):
     assert not out.exists() and not errors_path(out).exists()
     manifest = json.loads((parts_dir(out) / "manifest.json").read_text())
     assert list(manifest["done"]) == ["0"]
+
+
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+def test_rows_left_out_add_no_index_column(bad_study, checkpoint, tmp_path, suffix):
+    # Rows 2 and 3 fail and are left out: the rows kept (0, 1, 4, 5) are not evenly
+    # spaced, which once made the table's index a column of the output.
+    out = tmp_path / f"f.{suffix}"
+    extract(bad_study, out, transformer=tiny(checkpoint), on_error="skip")
+    columns = list(pd.read_csv(bad_study, nrows=0).columns)
+    if suffix == "csv":
+        written = list(pd.read_csv(out, nrows=0).columns)
+    else:
+        import pyarrow.parquet as pq
+
+        written = pq.read_schema(out).names
+    assert written[: len(columns)] == columns
+    assert all(c.startswith("fmcib_") for c in written[len(columns) :])
+
+
+def test_an_output_is_never_left_beside_another_runs_provenance(study, tmp_path, monkeypatch):
+    import skfmcib.extract as extract_module
+
+    out = tmp_path / "f.csv"
+    extract(study / "seeds.csv", out, transformer=tiny(make_checkpoint(tmp_path / "a.torch")))
+    old = out.read_bytes()
+    write = extract_module.atomic_write
+
+    def stopped_at_the_output(path, writer):
+        if Path(path) == out:
+            raise KeyboardInterrupt  # the process stopped as the output was written
+        return write(path, writer)
+
+    monkeypatch.setattr(extract_module, "atomic_write", stopped_at_the_output)
+    other = tiny(make_checkpoint(tmp_path / "b.torch", seed=1))
+    with pytest.raises(KeyboardInterrupt):
+        extract(study / "seeds.csv", out, transformer=other, overwrite=True)
+    # The old output stays, without a description that is not its own; the parts are kept.
+    assert out.read_bytes() == old
+    assert not provenance_path(out).exists() and not errors_path(out).exists()
+    monkeypatch.setattr(extract_module, "atomic_write", write)
+    extract(study / "seeds.csv", out, transformer=other, resume=True)
+    assert read_provenance(out)["weights_digest"] == file_digest(tmp_path / "b.torch")
