@@ -30,6 +30,7 @@ from numbers import Integral, Real
 import numpy as np
 import pandas as pd
 from scipy.stats import norm, rankdata
+from sklearn import get_config
 from sklearn.base import clone, is_classifier
 from sklearn.metrics import check_scoring
 from sklearn.model_selection import (
@@ -788,6 +789,10 @@ def _inner_groups(estimator, groups_train, random_state, y_train):
     y_split = split_target(_as_array(y_train))
     _grouped_splits(inner, rows, y_split, groups_train, f"the inner search's cv={inner!r}")
     estimator.set_params(**{f"{prefix}cv": inner})
+    if get_config().get("enable_metadata_routing", False):
+        # Routed by the pipeline to the search, whose grouped splitter asks for them;
+        # the step__param form is refused when routing is on.
+        return estimator, {"groups": groups_train}
     return estimator, {f"{prefix}groups": groups_train}
 
 

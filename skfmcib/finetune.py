@@ -597,6 +597,10 @@ class FMCIBClassifier(ClassifierMixin, _FineTuner):
         self.class_weight = class_weight
 
     def _prepare_targets(self, X, y):
+        if y is None:
+            raise ValueError(
+                f"{type(self).__name__} requires y to be passed, but the target y is None"
+            )
         check_consistent_length(X, y)
         y = np.asarray(y)
         if y.ndim != 1:

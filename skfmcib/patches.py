@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -635,7 +635,7 @@ def check_patch_array(X) -> np.ndarray:
         raise TypeError("sparse input is not supported: patches are dense 50^3 volumes")
     arr = np.asarray(X)
     if arr.dtype == object or not np.issubdtype(arr.dtype, np.number):
-        raise ValueError(f"patches must be numeric, got dtype {arr.dtype}")
+        raise _table_expected(X, arr)
     if np.iscomplexobj(arr):
         raise ValueError("patches must be real numbers, got complex data")
     arr = arr.reshape(_patch_shape(arr.shape))
@@ -649,6 +649,22 @@ def check_patch_array(X) -> np.ndarray:
             f"(patch {listing(bad)}); patches must be finite"
         )
     return out
+
+
+def _table_expected(X, arr: np.ndarray) -> ValueError:
+    """The error for input that is neither a lesion table nor numeric patches."""
+    what = (
+        f"a {type(X).__name__}"
+        if isinstance(X, (Mapping, list, tuple))
+        else f"an array of {arr.dtype} values, shape {arr.shape}"
+    )
+    return ValueError(
+        "expected a lesion table (a pandas DataFrame with columns image_path, coordX, "
+        f"coordY, coordZ) or numeric patches of shape (n, {PATCH_SIZE}, {PATCH_SIZE}, "
+        f"{PATCH_SIZE}), (n, 1, {PATCH_SIZE}, {PATCH_SIZE}, {PATCH_SIZE}) or "
+        f"(n, {PATCH_SIZE**3}); got {what}. Records (a list of dicts), a dict of columns "
+        "or a table's .values: pass pandas.DataFrame(...) of the records or columns"
+    )
 
 
 def _patch_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -706,4 +722,8 @@ def check_input_form(X, coordinate_system: str = "LPS") -> None:
     if isinstance(X, pd.DataFrame):
         validate_table(X, coordinate_system)
     elif X is not None:
+        if not (hasattr(X, "toarray") or hasattr(X, "todense")):
+            arr = np.asarray(X)  # no copy of an array
+            if arr.dtype == object or not np.issubdtype(arr.dtype, np.number):
+                raise _table_expected(X, arr)
         check_array(X, allow_nd=True, dtype=None, copy=False)

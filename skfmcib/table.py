@@ -114,8 +114,8 @@ def validate_table(table: pd.DataFrame, coordinate_system: str = "LPS") -> pd.Da
 
 
 def _path_str(p) -> str:
-    if p is None or (isinstance(p, float) and np.isnan(p)):
-        return ""
+    if p is None or p is pd.NA or p is pd.NaT or (isinstance(p, float) and np.isnan(p)):
+        return ""  # missing, whatever the column's type (NaN, None, pd.NA)
     return str(p)
 
 

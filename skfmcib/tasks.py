@@ -195,7 +195,8 @@ def malignancy_pipeline(
     cv : int or splitter, default=3
         Inner cross-validation of the search. To keep the lesions of a patient together
         pass a :class:`~sklearn.model_selection.StratifiedGroupKFold` and fit with
-        ``head__groups=patient_ids`` (the ``evaluate_*`` functions do both).
+        ``head__groups=patient_ids``, or ``groups=patient_ids`` where scikit-learn's
+        metadata routing is on (the ``evaluate_*`` functions do both, either way).
     scoring : str or callable, default="roc_auc"
         What the search maximises.
     tune : bool, default=True

@@ -86,6 +86,9 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
     on_error : {"raise", "nan"}, default="raise"
         A bad row (missing file, seed outside the scan, ...) raises an error naming
         the row, the file and the problem, or becomes a row of NaN with a warning.
+        With ``"raise"``, the error is the first failure met: rows whose seeds are not
+        numbers are checked before any image is read, then images are read in the
+        order of their first row, so it is not always the lowest row that fails.
     memory : None, str or joblib.Memory, default=None
         Cache of per-lesion features: a folder or a ``joblib.Memory``. A lesion is
         encoded once and then read back, as long as the weights (digest), the

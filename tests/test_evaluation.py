@@ -266,6 +266,46 @@ def test_inner_search_keeps_patients_together_and_outer_folds_too():
     assert params == [{"c": 1.0}] * 4 and proba.shape == (len(y), 2)
 
 
+def test_groups_reach_the_inner_search_with_metadata_routing_on():
+    import sklearn
+
+    X, y = make_classification(60, 6, random_state=0)
+    patients = np.repeat(np.arange(20), 3)
+
+    def evaluate():
+        result = evaluate_malignancy(
+            malignancy_pipeline(features=None), X, y, groups=patients, cv=3,
+            n_resamples=20, random_state=0,
+        )  # fmt: skip
+        return result.metrics["roc_auc"]
+
+    off = evaluate()
+    with sklearn.config_context(enable_metadata_routing=True):
+        assert evaluate() == off
+        # A pipeline whose last step is a search, with its own inner splitter spied on.
+        spy = make_pipeline(
+            StandardScaler(),
+            GridSearchCV(_PatientSpy(), {"c": [0.1, 1.0]}, cv=3, error_score="raise"),
+        )
+        Xp = np.column_stack([patients, X[:, 0]])
+        _, fold, _, _ = cross_validated_predictions(
+            spy, Xp, y, groups=patients, cv=4, random_state=0
+        )
+        for p in np.unique(patients):
+            assert len(set(fold[patients == p])) == 1
+        curve = label_efficiency_curve(
+            spy,
+            Xp,
+            y,
+            cv=3,
+            groups=patients,
+            fractions=(1.0, 0.5),
+            scoring="roc_auc",
+            random_state=0,
+        )
+        assert len(curve) == 6
+
+
 def test_probability_columns_follow_all_classes_when_a_fold_lacks_one():
     X = np.arange(20, dtype=float)[:, None]
     y = np.array(["a"] * 9 + ["b"] * 9 + ["c"] * 2)

@@ -391,6 +391,12 @@ def test_survival_rejects_plain_targets(blobs):
         FMCIBSurvivalAnalysis(**FAST, max_epochs=1).fit(X, labels)
 
 
+def test_no_target_is_named_as_scikit_learn_names_it(blobs):
+    X, _ = blobs
+    with pytest.raises(ValueError, match="requires y to be passed, but the target y is None"):
+        FMCIBClassifier(**FAST, max_epochs=1).fit(X, None)
+
+
 def test_one_class_is_named_plainly(blobs):
     X, _ = blobs
     with pytest.raises(ValueError, match=r"only one class: 1$"):

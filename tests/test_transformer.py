@@ -202,6 +202,28 @@ def test_bad_row_raises_or_becomes_nan(lesion_table, tmp_path):
     np.testing.assert_allclose(out[~bad], good[~bad], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("form", ["records", "columns", "values"])
+def test_a_table_that_is_not_a_dataframe_is_named_as_such(lesion_table, form):
+    X = {
+        "records": lesion_table.to_dict("records"),
+        "columns": lesion_table.to_dict("list"),
+        "values": lesion_table.to_numpy(),
+    }[form]
+    match = r"expected a lesion table \(a pandas DataFrame .*pass pandas\.DataFrame"
+    with pytest.raises(ValueError, match=match):
+        tiny().fit(X)
+    with pytest.raises(ValueError, match=match):
+        tiny().fit().transform(X)
+
+
+@pytest.mark.parametrize("backend", ["numpy_nullable", "pyarrow"])
+def test_a_missing_path_of_any_string_type_is_empty(lesion_table, backend):
+    table = lesion_table.convert_dtypes(dtype_backend=backend)
+    table.loc[1, "image_path"] = pd.NA
+    with pytest.raises(RowError, match=r"row 1 \(\): image_path is empty"):
+        tiny().fit().transform(table)
+
+
 @pytest.mark.parametrize(
     "params, match",
     [
