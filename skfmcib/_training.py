@@ -149,7 +149,8 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> 
     """Multiplier of the base learning rate at optimisation step ``step`` (0-based).
 
     Linear warmup over ``warmup_steps`` (from ``1/warmup_steps`` to 1), then
-    ``"cosine"`` decay to 0 at ``total_steps`` or ``"constant"``.
+    ``"cosine"`` decay towards 0 (reached at ``total_steps``, after the last step) or
+    ``"constant"``.
     """
     if step < warmup_steps:
         return (step + 1) / warmup_steps

@@ -32,6 +32,7 @@ from sksurv.metrics import concordance_index_censored
 from sksurv.util import check_array_survival, check_y_survival
 
 from . import _training, runtime
+from ._text import counted
 from .patches import as_patches
 from .weights import _check_plain, load_encoder, read_checkpoint, save_checkpoint
 
@@ -113,7 +114,8 @@ _SHARED_PARAMETERS = """\
     optimizer : {{"adamw", "sgd"}}, default="adamw"
         AdamW, or SGD with Nesterov momentum 0.9.
     lr_schedule : {{"cosine", "constant"}}, default="cosine"
-        After warmup: cosine decay to 0 at the last step, or constant.
+        After warmup: cosine decay towards 0 (reached at the end of the last step),
+        or constant.
     warmup_epochs : float, default=0
         Linear learning-rate warmup, in epochs (fractions allowed).
     augment : bool, default=True
@@ -238,6 +240,9 @@ class _FineTuner(BaseEstimator):
     def _after_fit(self, patches: np.ndarray, target: torch.Tensor) -> None:
         """Hook run once the network is trained."""
 
+    def _check_validation(self, target: torch.Tensor, n: int) -> None:
+        """Refuse a validation part whose loss could not choose an epoch."""
+
     # --------------------------------------------------------------------- fitting
 
     def _fingerprint(
@@ -310,6 +315,8 @@ class _FineTuner(BaseEstimator):
         network = _training.EncoderWithHead(encoder, _training.build_head(spec, init_seed))
         frozen = _training.freeze_stages(encoder, _training.check_freeze(self.freeze))
         train_index, valid_index = self._split(len(patches), stratify, split_seed)
+        if len(valid_index):
+            self._check_validation(target[valid_index], len(patches))
         state_path = None
         fingerprint = self._fingerprint(
             patches, target, info.digest, (init_seed, split_seed, train_seed)
@@ -500,7 +507,8 @@ class FMCIBClassifier(ClassifierMixin, _FineTuner):
         Weights of the classes in the loss; "balanced" weights each class
         inversely to its frequency in ``y`` (the validation part of
         ``validation_fraction`` is split off stratified, so its frequencies are
-        the same).
+        the same): each lesion's loss is multiplied by its class's weight, then
+        averaged over the batch.
 
     Attributes
     ----------
@@ -622,10 +630,13 @@ class FMCIBClassifier(ClassifierMixin, _FineTuner):
         return torch.as_tensor(encoded, dtype=torch.long), encoded, len(classes)
 
     def _loss(self, outputs, target):
-        weight = None
-        if self._class_weights is not None:
-            weight = self._class_weights.to(outputs.device)
-        return F.cross_entropy(outputs, target, weight=weight)
+        if self._class_weights is None:
+            return F.cross_entropy(outputs, target)
+        # Each lesion's loss times its class's weight, averaged over the batch's lesions
+        # (cross_entropy(weight=...) would divide by the batch's total weight instead, so
+        # that a batch of one class, one lesion for instance, would not be weighted).
+        weight = self._class_weights.to(outputs.device)[target]
+        return (weight * F.cross_entropy(outputs, target, reduction="none")).mean()
 
     def _extra_state(self):
         return {"classes": self.classes_.tolist()}
@@ -781,10 +792,27 @@ class FMCIBSurvivalAnalysis(SurvivalAnalysisMixin, _FineTuner):
     def _loss(self, outputs, target):
         return cox_ph_loss(outputs[:, 0], target[:, 0], target[:, 1])
 
+    def _check_validation(self, target, n):
+        events = int(target[:, 1].sum())
+        if len(target) < 2 or events == 0:
+            raise ValueError(
+                f"validation_fraction={self.validation_fraction} holds out "
+                f"{counted(len(target), 'lesion')} of {n} with {counted(events, 'event')}: "
+                "the Cox partial likelihood needs at least 2 lesions and 1 event, or the "
+                "validation loss is 0 at every epoch and cannot choose one. Hold out more "
+                "(a larger validation_fraction) or pass validation_fraction=None"
+            )
+
     def _after_fit(self, patches, target):
         risk = self._outputs(patches)[:, 0].double().numpy()
         time, event = target[:, 0].numpy(), target[:, 1].numpy().astype(bool)
-        self._baseline_model = BreslowEstimator().fit(risk, event, time)
+        # Breslow's estimator exponentiates the log-risks: centred, they cannot overflow
+        # (the survival functions do not change with a shift of every log-risk).
+        self._risk_offset = float(np.mean(risk))
+        self._baseline_model = BreslowEstimator().fit(risk - self._risk_offset, event, time)
+
+    def _centred_risk(self, X) -> np.ndarray:
+        return self.predict(X) - getattr(self, "_risk_offset", 0.0)
 
     def _extra_state(self):
         base = self._baseline_model
@@ -792,6 +820,7 @@ class FMCIBSurvivalAnalysis(SurvivalAnalysisMixin, _FineTuner):
             "baseline": {
                 "unique_times": torch.as_tensor(base.unique_times_),
                 "cum_baseline_hazard": torch.as_tensor(base.cum_baseline_hazard_.y),
+                "risk_offset": self._risk_offset,
             }
         }
 
@@ -805,6 +834,7 @@ class FMCIBSurvivalAnalysis(SurvivalAnalysisMixin, _FineTuner):
         base.cum_baseline_hazard_ = StepFunction(times, hazard)
         base.baseline_survival_ = StepFunction(times, np.exp(-hazard))
         self._baseline_model = base
+        self._risk_offset = float(extra["baseline"].get("risk_offset", 0.0))
 
     @property
     def unique_times_(self) -> np.ndarray:
@@ -844,7 +874,7 @@ class FMCIBSurvivalAnalysis(SurvivalAnalysisMixin, _FineTuner):
         """
         check_is_fitted(self, "head_")
         return self._predict_cumulative_hazard_function(
-            self._baseline_model, self.predict(X), return_array
+            self._baseline_model, self._centred_risk(X), return_array
         )
 
     def predict_survival_function(self, X, return_array=False):
@@ -864,7 +894,9 @@ class FMCIBSurvivalAnalysis(SurvivalAnalysisMixin, _FineTuner):
             Step functions (:class:`sksurv.functions.StepFunction`) or values.
         """
         check_is_fitted(self, "head_")
-        return self._predict_survival_function(self._baseline_model, self.predict(X), return_array)
+        return self._predict_survival_function(
+            self._baseline_model, self._centred_risk(X), return_array
+        )
 
     def score(self, X, y) -> float:
         """Harrell's concordance index of the predicted risks.

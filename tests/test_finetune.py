@@ -127,6 +127,22 @@ def test_string_labels_and_balanced_class_weight(blobs):
     assert set(clf.predict(X)) <= {"benign", "malignant"}
 
 
+def test_balanced_class_weight_weighs_every_lesion_whatever_its_batch(blobs):
+    # One lesion per batch: the class weight must still scale its loss (a weighted mean
+    # over the batch would divide it out again).
+    X, y = blobs
+    X, y = X[:8], np.array([0] * 6 + [1] * 2)
+    kw = dict(FAST, batch_size=1, max_epochs=1, lr=1e-2, optimizer="sgd", augment=False)
+    plain = FMCIBClassifier(**kw).fit(X, y)
+    balanced = FMCIBClassifier(**kw, class_weight="balanced").fit(X, y)
+    np.testing.assert_allclose(balanced._class_weights.numpy(), [8 / 12, 8 / 4])
+    assert np.abs(balanced.predict_proba(X) - plain.predict_proba(X)).max() > 1e-4
+    logits, target = torch.tensor([[0.3, -0.2], [0.1, 0.4]]), torch.tensor([1, 0])
+    by_hand = torch.nn.functional.cross_entropy(logits, target, reduction="none")
+    by_hand = (balanced._class_weights[target] * by_hand).mean()
+    torch.testing.assert_close(balanced._loss(logits, target), by_hand)
+
+
 @pytest.fixture(scope="module")
 def start_checkpoint(tmp_path_factory):
     """A random tiny encoder saved as a checkpoint, to fine-tune from."""
@@ -265,6 +281,35 @@ def test_survival_save_load_and_survival_functions(tmp_path, blobs):
     assert surv.shape == (3, len(est.unique_times_))
     np.testing.assert_array_equal(again.predict_survival_function(X[:3], return_array=True), surv)
     assert np.all(np.diff(surv, axis=1) <= 0)
+
+
+def _last_linear(head: torch.nn.Module) -> torch.nn.Linear:
+    return [m for m in head.modules() if isinstance(m, torch.nn.Linear)][-1]
+
+
+def test_survival_functions_do_not_change_with_a_shift_of_every_log_risk(blobs):
+    X, labels = blobs
+    y = survival_target(labels)
+    est = FMCIBSurvivalAnalysis(**FAST, max_epochs=1).fit(X, y)
+    before = est.predict_survival_function(X[:4], return_array=True)
+    with torch.no_grad():  # log-risks beyond exp's range (about 709): 720 more for all
+        _last_linear(est.head_).bias += 720.0
+        target, _, _ = est._prepare_targets(X, y)
+        est._after_fit(np.asarray(X, dtype=np.float32), target)
+    after = est.predict_survival_function(X[:4], return_array=True)
+    assert np.isfinite(after).all()
+    # Equal but for float32 rounding of the network's outputs near 720 (6e-5 a step).
+    np.testing.assert_allclose(after, before, atol=1e-4)
+
+
+def test_a_validation_part_without_events_is_refused_before_training(blobs):
+    X, labels = blobs
+    y = survival_target(labels)
+    y["event"][:] = False
+    y["event"][[0, 1]] = True  # 2 events of 12: a held-out sixth holds none
+    est = FMCIBSurvivalAnalysis(**FAST, max_epochs=3, validation_fraction=0.15)
+    with pytest.raises(ValueError, match=r"holds out 2 lesions of 12 with 0 events"):
+        est.fit(X, y)
 
 
 # ---------------------------------------------------------------------- resume
