@@ -177,33 +177,46 @@ class _Voxels(Protocol):
 
 @dataclass(frozen=True)
 class _SamplePlan:
-    """Where a patch's samples fall in the image, and the voxels to read for them."""
+    """Where a patch's samples fall in the image, and the voxels to read for them.
 
-    index: np.ndarray  # (3, 50, 50, 50): continuous (x, y, z) index of every sample
+    Holds the affine map only (a few numbers): the samples' indices, 3 MB a lesion,
+    are computed when they are used, so that the plans of many lesions of one image
+    cost nothing while its voxels are read.
+    """
+
+    base: np.ndarray  # (3,) continuous (x, y, z) index of the first sample
+    inv: np.ndarray  # (3, 3) index step along each LPS axis
     lo: np.ndarray  # (3,) first voxel to read (x, y, z)
     hi: np.ndarray  # (3,) one past the last voxel to read
 
+    def index(self) -> np.ndarray:
+        """Continuous ``(x, y, z)`` index of every sample, shape ``(3, 50, 50, 50)``."""
+        return _sample_index(self.base, self.inv)
+
 
 _K = np.arange(PATCH_SIZE, dtype=np.float64)
+
+
+def _sample_index(base: np.ndarray, inv: np.ndarray) -> np.ndarray:
+    # Continuous index of every sample, base + kx * inv[:, 0] + ky * inv[:, 1] +
+    # kz * inv[:, 2], laid out (kz, ky, kx) to give SimpleITK array order. Whole-array
+    # operations, few of them: each gives up the GIL, and winning it back costs up to
+    # 5 ms while another thread runs Python (the torch import, meanwhile).
+    yx = (base[:, None] + inv[:, 0, None] * _K)[:, None, :] + (inv[:, 1, None] * _K)[:, :, None]
+    return yx[:, None, :, :] + (inv[:, 2, None] * _K)[:, :, None, None]
 
 
 def _sample_plan(geom: Geometry, start: np.ndarray) -> _SamplePlan:
     """The samples of the 1 mm LPS grid from ``start`` in ``geom``'s voxel indices."""
     inv = np.linalg.inv(geom.index_to_physical)  # LPS offset -> (x, y, z) index
     base = inv @ (start - geom.origin)
-    # Continuous index of every sample, base + kx * inv[:, 0] + ky * inv[:, 1] +
-    # kz * inv[:, 2], laid out (kz, ky, kx) to give SimpleITK array order. Whole-array
-    # operations, few of them: each gives up the GIL, and winning it back costs up to
-    # 5 ms while another thread runs Python (the torch import, meanwhile).
-    yx = (base[:, None] + inv[:, 0, None] * _K)[:, None, :] + (inv[:, 1, None] * _K)[:, :, None]
-    index = yx[:, None, :, :] + (inv[:, 2, None] * _K)[:, :, None, None]
+    flat = _sample_index(base, inv).reshape(3, -1)
     size = np.asarray(geom.size)
-    flat = index.reshape(3, -1)
     # Only the block of voxels the samples touch is read; one voxel of fill around it
     # makes every out-of-image neighbour read the fill value.
     lo = np.clip(np.floor(flat.min(1)).astype(np.int64), 0, size - 1)
     hi = np.clip(np.floor(flat.max(1)).astype(np.int64) + 2, 1, size)
-    return _SamplePlan(index, lo, hi)
+    return _SamplePlan(base, inv, lo, hi)
 
 
 def _interpolate(hu: np.ndarray, plan: _SamplePlan) -> np.ndarray:
@@ -213,7 +226,7 @@ def _interpolate(hu: np.ndarray, plan: _SamplePlan) -> np.ndarray:
     block[1:-1, 1:-1, 1:-1] = normalize_hu(hu)
     # Indices into the block, (z, y, x) first; beyond it everything is the fill, as
     # is its outer layer, which "nearest" repeats.
-    coords = plan.index[::-1] - (lo[::-1] - 1)[:, None, None, None]
+    coords = plan.index()[::-1] - (lo[::-1] - 1)[:, None, None, None]
     return ndimage.map_coordinates(block, coords, order=1, mode="nearest")
 
 
@@ -244,8 +257,35 @@ class _Block:
 _UNION_VOXELS = 32 * 2**20
 
 
+# The boxes one pass through a gzipped file holds at once, in voxels (128 MiB of int16):
+# an image with more lesions than that is read in several passes, so that memory does
+# not grow with the number of lesions that share an image.
+_PASS_VOXELS = 64 * 2**20
+
+
+def _passes(plans: list) -> list[list]:
+    """Split plans into passes of at most ``_PASS_VOXELS`` voxels of boxes, in the order
+    of their boxes' last slices (the first passes are the shortest)."""
+    passes: list[list] = [[]]
+    held = 0
+    for item in sorted(plans, key=lambda item: int(item[2].hi[2])):
+        size = int(np.prod(item[2].hi - item[2].lo))
+        if passes[-1] and held + size > _PASS_VOXELS:
+            passes.append([])
+            held = 0
+        passes[-1].append(item)
+        held += size
+    return passes
+
+
 def _one_pass(source, plans: list, failed) -> Iterator[tuple[int, np.ndarray | RowError]]:
-    """Patches of a source inflated once for all its lesions' boxes, as they come."""
+    """Patches of a source inflated once for all its lesions' boxes (once per
+    ``_PASS_VOXELS`` of boxes), as they come."""
+    for group in _passes(plans):
+        yield from _pass(source, group, failed)
+
+
+def _pass(source, plans: list, failed) -> Iterator[tuple[int, np.ndarray | RowError]]:
     done = set()
     try:
         for k, hu in source.iter_regions([(plan.lo, plan.hi) for _, _, plan in plans]):

@@ -143,6 +143,36 @@ def test_lesions_of_a_gzipped_image_come_from_one_read(tmp_path, monkeypatch, na
         np.testing.assert_array_equal(patches[i, 0], extract_patch(volume, seed))
 
 
+def test_many_lesions_of_one_image_hold_bounded_memory(tmp_path, monkeypatch):
+    # A lesion's plan holds a few numbers, not its samples' indices (3 MB each, which
+    # 1,000 lesions of one image held at once); a gzipped image's boxes are read in
+    # passes of bounded size.
+    import skfmcib.patches as patches_mod
+
+    path = tmp_path / "ct.nii.gz"
+    image = sitk.GetImageFromArray(_noise((40, 70, 66)))
+    image.SetSpacing((0.7, 0.8, 1.25))
+    sitk.WriteImage(image, str(path), useCompression=True)
+    rng = np.random.default_rng(0)
+    seeds = rng.uniform([5, 5, 5], [40, 50, 45], (7, 3))
+    table = pd.DataFrame(seeds, columns=["coordX", "coordY", "coordZ"])
+    table.insert(0, "image_path", str(path))
+    geometry = read_geometry(path)
+    plan = patches_mod._sample_plan(geometry, seeds[0])
+    held = sum(np.asarray(v).nbytes for v in vars(plan).values())
+    assert held < 1000, held
+    one_pass = load_patches(table)
+    box = int(np.prod(plan.hi - plan.lo))
+    monkeypatch.setattr(patches_mod, "_PASS_VOXELS", 2 * box)  # about 2 boxes a pass
+    passes = []
+    real = patches_mod._pass
+    monkeypatch.setattr(
+        patches_mod, "_pass", lambda s, p, f: passes.append(len(p)) or real(s, p, f)
+    )
+    np.testing.assert_array_equal(load_patches(table), one_pass)
+    assert len(passes) >= 3 and sum(passes) == 7
+
+
 def test_union_boxes_fill_the_top_pass_first(monkeypatch):
     import skfmcib.patches as patches_mod
 
