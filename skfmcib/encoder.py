@@ -11,6 +11,7 @@ without renaming.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from numbers import Integral, Real
 
 import torch
 from torch import nn
@@ -142,6 +143,18 @@ class EncoderConfig:
     widen_factor: float = 2.0
     conv1_stride: int = 2
     bias_downsample: bool = True
+
+    def __post_init__(self) -> None:
+        wf = self.widen_factor
+        if isinstance(wf, bool) or not isinstance(wf, Real) or not int(64 * wf) >= 1:
+            raise ValueError(
+                f"widen_factor must be a number of at least 1/64 (stages of 64 x widen_factor "
+                f"channels and more), got {wf!r}"
+            )
+        if isinstance(self.conv1_stride, bool) or not (
+            isinstance(self.conv1_stride, Integral) and self.conv1_stride >= 1
+        ):
+            raise ValueError(f"conv1_stride must be a positive integer, got {self.conv1_stride!r}")
 
     def to_dict(self) -> dict:
         """Return the configuration as a plain dict (stored in checkpoints)."""

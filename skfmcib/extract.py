@@ -834,7 +834,17 @@ def extract(
     >>> pd.read_csv(summary.errors_path)["reason"].str.contains("outside").tolist()
     [True]
     """
-    out = Path(out)
+    out = Path(out).expanduser()
+    if isinstance(table, (str, os.PathLike)):
+        table = Path(table).expanduser()
+        if not table.is_file():
+            raise ExtractError(f"{table}: no such lesion table")
+    if image_root is not None:
+        image_root = Path(image_root).expanduser()
+    if out.is_dir():
+        raise ExtractError(f"{out} is a folder; name the output file (.parquet or .csv)")
+    if not out.parent.is_dir() and (out.parent.exists() or not _creatable(out.parent)):
+        raise ExtractError(f"{out}: cannot create the folder {out.parent}")
     with _exclusive(out):
         return _extract(
             table,
@@ -852,6 +862,14 @@ def extract(
         )
 
 
+def _creatable(folder: Path) -> bool:
+    """Whether ``folder`` can be made: its nearest existing parent is a writable folder."""
+    for parent in folder.parents:
+        if parent.exists():
+            return parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)
+    return False
+
+
 @contextlib.contextmanager
 def _exclusive(out: Path) -> Iterator[None]:
     """Hold a lock beside ``out`` so that two runs never write the same output.
@@ -864,8 +882,15 @@ def _exclusive(out: Path) -> Iterator[None]:
     except ImportError:  # pragma: no cover - Windows: no lock
         yield
         return
-    out.parent.mkdir(parents=True, exist_ok=True)
     path = out.with_name(f".{out.name}.lock")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe = open(path, "a+b")
+    except OSError as exc:
+        raise ExtractError(
+            f"{out}: cannot write beside it ({exc.strerror or exc}: {exc.filename or path})"
+        ) from exc
+    probe.close()
     while True:
         fh = open(path, "a+b")  # closed below, or by the with block
         try:
@@ -1043,7 +1068,7 @@ def _extract(
             f"they were read) kept in {parts}; {_option('resume', True)} continues them "
             "only with the weights file as it was: restore it, or write the run with the "
             "new weights to a new output",
-            exit_status=1,
+            exit_status=2,
         ) from exc
 
     summary = _assemble(out, fmt, table, work, chunks, parts, on_error, provenance, feature_names)

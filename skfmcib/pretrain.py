@@ -728,6 +728,15 @@ def pretrain(
     out = Path(out).expanduser()
     if out.suffix == ".safetensors":
         raise ValueError("pretraining checkpoints hold the optimiser state: use a .pt path")
+    if out.is_dir():
+        raise ValueError(f"{out} is a folder; name the checkpoint file (.pt)")
+    # Checked now rather than when the first epoch is written, hours later.
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"{out}: cannot create the folder {out.parent} ({exc})") from exc
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{out}: cannot write in the folder {out.parent}")
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")

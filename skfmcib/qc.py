@@ -440,11 +440,17 @@ def quality_control(
 
     started = time.perf_counter()
     say = log or (lambda message: None)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out_dir).expanduser()
+    if isinstance(table, (str, os.PathLike)):
+        table = Path(table).expanduser()
+    if image_root is not None:
+        image_root = Path(image_root).expanduser()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir} is a file; the pictures need a folder")
     _require_matplotlib()
     _pick_window(window, 0.0)  # check it before any work
     table, resolved = prepare_table(table, image_root, mask_label, coordinate_system)
+    out_dir.mkdir(parents=True, exist_ok=True)
     seeds = validate_table(resolved, coordinate_system)
     records: list[dict] = [{} for _ in range(len(seeds))]
     groups: dict[tuple, list[int]] = {}

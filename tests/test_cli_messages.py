@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -47,3 +49,103 @@ def test_pretrain_names_restart_for_an_existing_checkpoint(tmp_path, capsys):
     assert main([*argv, "--device", "cpu", "-q"]) == 2
     err = capsys.readouterr().err
     assert "pass --restart to overwrite it" in err and "resume=" not in err
+
+
+# --- outputs the commands cannot write: said in one line, before any work -----------------
+
+
+@pytest.fixture
+def one_lesion(tmp_path):
+    hu = np.full((20, 40, 40), -1000, dtype=np.int16)
+    hu[5:15, 10:30, 10:30] = 40  # tissue in air
+    write_image(tmp_path / "ct.nii.gz", hu)
+    pd.DataFrame(
+        {"image_path": ["ct.nii.gz"], "coordX": [20.0], "coordY": [20.0], "coordZ": [10.0]}
+    ).to_csv(tmp_path / "seeds.csv", index=False)
+    return tmp_path / "seeds.csv"
+
+
+TINY_FLAGS = ["--weights", "random", "--arch", "resnet10", "--widen-factor", "0.125"]
+
+
+def _one_line_error(capsys, *words: str) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and all(w in err for w in words), err
+    return err
+
+
+def test_extract_outputs_it_cannot_write(one_lesion, tmp_path, capsys):
+    (tmp_path / "folder.csv").mkdir()
+    argv = ["extract", str(one_lesion), *TINY_FLAGS, "--device", "cpu", "-q", "-o"]
+    assert main([*argv, str(tmp_path / "folder.csv"), "--overwrite"]) == 2
+    _one_line_error(capsys, "is a folder")
+    (tmp_path / "file").write_text("")
+    assert main([*argv, str(tmp_path / "file" / "f.csv")]) == 2
+    _one_line_error(capsys, "cannot create the folder")
+    # A usage error creates nothing.
+    assert main(["extract", str(tmp_path / "nosuch.csv"), "-o", str(tmp_path / "a/b/f.csv")]) == 2
+    _one_line_error(capsys, "no such lesion table")
+    assert not (tmp_path / "a").exists()
+    assert main([*argv, str(tmp_path / "f.csv"), "--widen-factor", "0"]) == 2
+    _one_line_error(capsys, "widen_factor must be a number of at least 1/64")
+
+
+def test_a_tilde_in_paths_is_the_home_folder(one_lesion, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    argv = ["extract", "~/seeds.csv", "-o", "~/out/f.csv", *TINY_FLAGS, "--device", "cpu", "-q"]
+    assert main(argv) == 0
+    assert (tmp_path / "out" / "f.csv").is_file()
+
+
+def test_qc_and_pretrain_outputs_it_cannot_write(one_lesion, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    (tmp_path / "file").write_text("")
+    assert main(["qc", str(one_lesion), "-o", str(tmp_path / "file"), "-q"]) == 2
+    _one_line_error(capsys, "is a file")
+    argv = ["pretrain", str(one_lesion), "--arch", "resnet10", "--device", "cpu", "-q", "-o"]
+    assert main([*argv, str(tmp_path)]) == 2
+    _one_line_error(capsys, "is a folder")
+    assert main([*argv, str(tmp_path / "file" / "s.pt")]) == 2
+    _one_line_error(capsys, "cannot create the folder")
+
+
+def test_demo_keeps_an_earlier_demos_results(tmp_path, capsys):
+    (tmp_path / "results.csv").write_text("earlier")
+    argv = ["demo", "--weights", "random", "--quick", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    _one_line_error(capsys, "holds an earlier demo's results; pass --overwrite")
+    assert (tmp_path / "results.csv").read_text() == "earlier"
+    out = tmp_path / "new"
+    assert main(["demo", "--weights", "random", "--arch", "bogus", "--out", str(out)]) == 2
+    _one_line_error(capsys, "architecture 'bogus'")
+
+
+@pytest.mark.parametrize("event, status", [(KeyboardInterrupt, 130), (BrokenPipeError, 141)])
+def test_an_interrupt_or_a_closed_pipe_ends_a_command_without_a_traceback(
+    monkeypatch, capsys, event, status
+):
+    import skfmcib.cli as cli
+
+    def stopped(args):
+        raise event  # Ctrl-C, or the reader of stdout gone, in the middle of a command
+
+    real = cli.build_parser
+
+    def build():
+        parser = real()
+        for action in parser._subparsers._group_actions:
+            action.choices["qc"].set_defaults(func=stopped)
+        return parser
+
+    monkeypatch.setattr(cli, "build_parser", build)
+    if event is BrokenPipeError:  # main points stdout at /dev/null: give it a file to do so
+        stdout = open(os.devnull, "w")  # noqa: SIM115
+        monkeypatch.setattr("sys.stdout", stdout)
+        request_close = stdout.close
+    else:
+        request_close = None
+    assert cli.main(["qc", "seeds.csv", "-o", "qc"]) == status
+    err = capsys.readouterr().err.strip()
+    assert err == ("skfmcib qc: interrupted" if event is KeyboardInterrupt else "")
+    if request_close is not None:
+        request_close()

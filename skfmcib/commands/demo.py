@@ -40,6 +40,8 @@ FIGURES = (
     "label_efficiency.png",
     "site_confusion.png",
 )
+#: What a demo writes in its folder; an earlier demo's are replaced only with --overwrite.
+_OUTPUTS = ("results.csv", "predictions.csv", "cohort", *FIGURES)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -94,6 +96,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default="skfmcib-demo",
         metavar="DIR",
         help="folder for the cohort, figures and CSV files (default ./skfmcib-demo)",
+    )
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the results of an earlier demo in --out",
     )
     g.add_argument("--folds", type=int, default=None, help="outer folds (default 5; --quick: 3)")
     g.add_argument(
@@ -157,6 +164,14 @@ def _settings(args: argparse.Namespace) -> Settings:
         raise ValueError("--n-resamples must be positive")
     if args.batch_size < 1:
         raise ValueError("--batch-size must be positive")
+    out = Path(args.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; the demo writes a folder")
+    if not args.overwrite and any((out / name).exists() for name in _OUTPUTS):
+        raise ValueError(
+            f"--out {out} holds an earlier demo's results; pass --overwrite to replace "
+            "them, or choose another --out"
+        )
     return Settings(
         weights=weights,
         arch=arch,
@@ -164,7 +179,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         folds=folds,
         n_resamples=n_resamples,
         repeats=1 if quick else 3,
-        out=Path(args.out).expanduser(),
+        out=out,
         seed=args.seed,
         quick=quick,
     )
@@ -292,6 +307,9 @@ def run(args: argparse.Namespace) -> int:
             "Pass --weights fmcib, --weights random or the path of a checkpoint.", file=sys.stderr
         )
         return 1
+    except ValueError as exc:  # --arch, --widen-factor or --device the encoder refuses
+        print(f"skfmcib demo: error: {exc}", file=sys.stderr)
+        return 2
     label = _encoder_label(s.weights, fmcib.n_features_out_)
     stages.end(f"{fmcib.n_features_out_} features per lesion")
 

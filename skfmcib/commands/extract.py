@@ -37,7 +37,8 @@ def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--arch",
         default=None,
-        help="architecture (resnet10 ... resnet50); default: the checkpoint's, else FMCIB's",
+        help="architecture (resnet10, 18, 34, 50, 101, 152 or 200); default: the "
+        "checkpoint's, else FMCIB's",
     )
     g.add_argument("--widen-factor", type=float, default=None, help="width multiplier")
     g.add_argument("--seed", type=int, default=0, help="seed of --weights random (default 0)")
@@ -182,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
                 overwrite=args.overwrite,
                 on_error=args.on_error,
                 scheduler=args.scheduler,
-                progress=args.progress,
+                progress=False if args.quiet else args.progress,
                 image_root=args.image_root,
                 mask_label=args.mask_label,
                 log=say,
@@ -194,7 +195,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"skfmcib extract: error: {as_flags(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("skfmcib extract: interrupted; continue with --resume", file=sys.stderr)
+        if args.quiet:  # otherwise the run has said what it kept, and how to continue
+            print("skfmcib extract: interrupted; continue with --resume", file=sys.stderr)
         return 2
     _report(summary, say)
     return summary.exit_status

@@ -19,7 +19,7 @@ import pandas as pd
 from .._precision import PRECISIONS
 from ..io import ImageReadError
 from ..table import RowError
-from ..weights import CheckpointError
+from ..weights import CheckpointError, WeightsDownloadError
 from . import FLAGS, as_flags
 
 # The library's spellings of options, as the flags of ``skfmcib pretrain``.
@@ -162,6 +162,9 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, RowError, ImageReadError, CheckpointError, FileNotFoundError) as exc:
         print(f"skfmcib pretrain: {message(str(exc))}", file=sys.stderr)
         return 2
+    except WeightsDownloadError as exc:  # --init-weights fmcib, not cached, offline
+        print(f"skfmcib pretrain: error: {exc}", file=sys.stderr)
+        return 1
     if int(os.environ.get("RANK", "0")) == 0:
         print(out)
     return 0

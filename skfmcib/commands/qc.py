@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
             window=args.window,
             image_root=args.image_root,
             mask_label=args.mask_label,
-            progress=args.progress,
+            progress=False if args.quiet else args.progress,
             dpi=args.dpi,
             log=say,
         )
