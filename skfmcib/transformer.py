@@ -319,6 +319,7 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
             return self._transform_table(X)
         patches = check_patch_array(X)
         out = np.empty((len(patches), self.n_features_out_), dtype=np.float32)
+        precision = self.precision  # the one the cache key and every batch use
         cache = self._feature_cache()
         keys = [None] * len(patches)
         todo = np.arange(len(patches))
@@ -329,7 +330,7 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
             bar.update(len(patches) - len(todo))
             for start in range(0, len(todo), self._batch_size()):
                 where = todo[start : start + self._batch_size()]
-                self._encode_into(out, where, patches[where], cache, keys)
+                self._encode_into(out, where, patches[where], cache, keys, precision)
                 bar.update(len(where))
         return out
 
@@ -396,8 +397,16 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
             read.check_unchanged()
         return feats
 
-    def _encode_into(self, out, where, batch, cache, keys) -> None:
+    def _encode_into(self, out, where, batch, cache, keys, precision: str) -> None:
         feats = self._encode(self.encoder_, batch)
+        if self.precision != precision or self._encoder_precision != precision:
+            # set_params from another thread while this call runs: its features would
+            # mix two precisions, and the cache would file them under the first's key.
+            raise RuntimeError(
+                f"precision changed from {precision!r} to {self.precision!r} while transform "
+                "was running; nothing of this call was kept or cached. Change parameters "
+                "between calls"
+            )
         out[where] = feats
         if cache is not None:
             for pos, row in zip(where, feats, strict=True):
@@ -420,6 +429,7 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
         """
         seeds = validate_table(X, self.coordinate_system)
         out = None if loading is not None else self._empty_output(len(X))
+        precision = self.precision  # the one the cache key and every batch use
         cache = None if loading is not None else self._feature_cache()
         keys: list = [None] * len(X)
         todo = np.arange(len(X))
@@ -456,13 +466,15 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
                     where.append(todo[pos])
                     if len(batch) == size:
                         out = self._ready_output(out, len(X), loading)
-                        self._encode_into(out, where, np.stack(batch)[:, None], cache, keys)
+                        self._encode_into(
+                            out, where, np.stack(batch)[:, None], cache, keys, precision
+                        )
                         bar.update(len(batch))
                         batch, where = [], []
                         size = self._batch_size(loading)
                 out = self._ready_output(out, len(X), loading)
                 if batch:
-                    self._encode_into(out, where, np.stack(batch)[:, None], cache, keys)
+                    self._encode_into(out, where, np.stack(batch)[:, None], cache, keys, precision)
                     bar.update(len(batch))
         return out
 

@@ -1167,6 +1167,9 @@ def _encoder_from_state(
     return encoder.eval()
 
 
+_SEEDED_INIT = threading.Lock()
+
+
 def _random_encoder(
     config: EncoderConfig, random_state: int | None
 ) -> tuple[ResNet3D, WeightsInfo]:
@@ -1179,7 +1182,10 @@ def _random_encoder(
             raise TypeError(
                 f"random_state must be an int or None, got {type(random_state).__name__}"
             ) from None
-        with torch.random.fork_rng(devices=[]):  # leave the global torch RNG untouched
+        # torch's layers initialise from its global generator, seeded here and put back
+        # after. One initialisation at a time: two at once (fits in threads) would draw
+        # from each other's seeded generator and give other weights than the seed's.
+        with _SEEDED_INIT, torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             encoder = ResNet3D(config)
     info = WeightsInfo(source="random", digest=f"random:{random_state}", config=config)
@@ -1210,8 +1216,10 @@ def load_encoder(
     progress : bool, default=True
         Show a progress bar while downloading.
     random_state : int, optional
-        Seed of the random initialisation when ``weights=None`` (the global torch RNG is
-        left as it was); ignored otherwise.
+        Seed of the random initialisation when ``weights=None``; ignored otherwise.
+        torch's global generator is seeded for the initialisation and put back as it
+        was after it (a thread drawing from it meanwhile would draw from the seeded one);
+        seeded initialisations run one at a time, so each seed gives its weights.
 
     Returns
     -------

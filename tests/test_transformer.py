@@ -349,3 +349,39 @@ def test_device_strings_decide_cuda_without_torch_when_they_can():
     assert _will_use_cuda("cuda:1") is True
     assert _will_use_cuda(torch.device("cpu")) is False
     assert _will_use_cuda("auto") is torch.cuda.is_available()
+
+
+# --- used from several threads ---------------------------------------------------------------
+
+
+def test_random_weights_fitted_in_threads_at_once_are_the_seeds_weights(lesion_table):
+    from concurrent.futures import ThreadPoolExecutor
+
+    patches = np.random.default_rng(0).random((2, 1, 50, 50, 50), dtype=np.float32)
+    alone = tiny(random_state=5).fit().transform(patches)
+    with ThreadPoolExecutor(8) as pool:
+        results = list(
+            pool.map(lambda _: tiny(random_state=5).fit().transform(patches), range(32))
+        )
+    for features in results:
+        np.testing.assert_array_equal(features, alone)
+
+
+def test_precision_changed_while_transform_runs_keeps_nothing(lesion_table, tmp_path, monkeypatch):
+    from skfmcib import runtime
+
+    model = tiny(memory=str(tmp_path / "cache"), batch_size=2).fit()
+    encode = runtime.encode
+
+    def changed_meanwhile(*args, **kwargs):
+        model.set_params(precision="bf16")  # as another thread might, mid-call
+        return encode(*args, **kwargs)
+
+    monkeypatch.setattr(runtime, "encode", changed_meanwhile)
+    with pytest.raises(RuntimeError, match="precision changed from 'fp32' to 'bf16'"):
+        model.transform(lesion_table)
+    monkeypatch.setattr(runtime, "encode", encode)
+    # Nothing was filed under fp32: a fresh fp32 transformer computes every row itself.
+    fresh = tiny(memory=str(tmp_path / "cache"), batch_size=2).fit()
+    expected = tiny(batch_size=2).fit().transform(lesion_table)  # the same batches, fp32
+    np.testing.assert_array_equal(fresh.transform(lesion_table), expected)
