@@ -5,9 +5,9 @@
 Builds a 300-slice, 512 x 512 CT series (0.7 x 0.7 x 1 mm, uncompressed), then, each
 in a new process with the modules already imported, counts the bytes the process
 reads (``rchar`` of ``/proc/self/io``: every read call, page cache or not) while
-(1) skfmcib opens the series and extracts one lesion's patch, (2) SimpleITK reads the
-series as ``read_image`` does (GDCM), (3) SimpleITK reads one slice file, (4) pydicom
-reads one slice file.
+(1) skfmcib opens the series and extracts one lesion's patch, (2) SimpleITK's series
+reader (GDCM, as the reference reads it) reads the series, (3) SimpleITK reads one slice
+file, (4) pydicom reads one slice file.
 """
 
 from __future__ import annotations

@@ -114,7 +114,10 @@ def reference_python(args) -> Path | None:
     if args.no_reference:
         return None
     if args.reference_python:
-        return Path(args.reference_python)
+        python = Path(args.reference_python)
+        if not python.is_file():
+            sys.exit(f"--reference-python {python}: no such file")
+        return python
     python = REF_VENV / "bin" / "python"
     if python.exists():
         return python
