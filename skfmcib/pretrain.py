@@ -742,6 +742,10 @@ def pretrain(
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if epochs_this_run is not None and epochs_this_run < 1:
         raise ValueError(f"epochs_this_run must be a positive integer, got {epochs_this_run!r}")
+    if not isinstance(num_workers, (int, np.integer)) or num_workers < 0:
+        raise ValueError(f"num_workers must be 0 or a positive integer, got {num_workers!r}")
+    if lr is not None and not lr >= 0:
+        raise ValueError(f"lr must be 0 or positive, got {lr!r}")
     if loss not in ("ntxent", "mined"):
         raise ValueError(f"loss must be 'ntxent' or 'mined', got {loss!r}")
     if temperature <= 0:

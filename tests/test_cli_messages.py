@@ -149,3 +149,19 @@ def test_an_interrupt_or_a_closed_pipe_ends_a_command_without_a_traceback(
     assert err == ("skfmcib qc: interrupted" if event is KeyboardInterrupt else "")
     if request_close is not None:
         request_close()
+
+
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (["--epochs-this-run", "0"], "--epochs-this-run must"),
+        (["--num-workers", "-1"], "--num-workers must"),
+        (["--lr", "-1"], "--lr must"),
+        (["--batch-size", "0"], "--batch-size must"),
+    ],
+)
+def test_pretrain_names_its_flags_in_refused_values(one_lesion, tmp_path, capsys, flags, named):
+    argv = ["pretrain", str(one_lesion), "-o", str(tmp_path / "s.pt"), "--arch", "resnet10"]
+    assert main([*argv, "--device", "cpu", "-q", *flags]) == 2
+    err = _one_line_error(capsys, named)
+    assert "_" not in err.split("must")[0], err  # no Python spelling before "must"

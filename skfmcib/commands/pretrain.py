@@ -23,7 +23,19 @@ from ..weights import CheckpointError, WeightsDownloadError
 from . import FLAGS, as_flags
 
 # The library's spellings of options, as the flags of ``skfmcib pretrain``.
-PRETRAIN_FLAGS = {**FLAGS, "resume=False": "--restart"}
+PRETRAIN_FLAGS = {
+    **FLAGS,
+    "resume=False": "--restart",
+    # Parameter checks, by the flags that set the parameters.
+    "epochs_this_run must": "--epochs-this-run must",
+    "epochs must": "--epochs must",
+    "batch_size must": "--batch-size must",
+    "num_workers must": "--num-workers must",
+    "lr must": "--lr must",
+    "temperature must": "--temperature must",
+    "loss must": "--loss must",
+    "precision must": "--precision must",
+}
 # Settings a refused resumption lists ("batch_size: 4 -> 2"), as flags.
 SETTING_FLAGS = {
     "arch": "--arch/--widen-factor",
