@@ -165,3 +165,14 @@ def test_pretrain_names_its_flags_in_refused_values(one_lesion, tmp_path, capsys
     assert main([*argv, "--device", "cpu", "-q", *flags]) == 2
     err = _one_line_error(capsys, named)
     assert "_" not in err.split("must")[0], err  # no Python spelling before "must"
+
+
+def test_weights_messages_name_the_flags(one_lesion, tmp_path, capsys):
+    # The official weights cannot be cached under a file: the way out is worded as flags.
+    (tmp_path / "file").write_text("")
+    cache = str(tmp_path / "file" / "sub")
+    argv = ["extract", str(one_lesion), "-o", str(tmp_path / "f.csv"), "-q", "--cache-dir", cache]
+    with pytest.warns(UserWarning, match="licensed"):  # the licence notice, before any download
+        assert main(argv) == 2
+    err = _one_line_error(capsys, "pass --cache-dir", "pass --weights <path to the file>")
+    assert "weights=" not in err and "cache_dir" not in err

@@ -16,6 +16,8 @@ __all__ = ["FLAGS", "as_flags", "counted"]
 FLAGS = {
     "coordinate_system='RAS'": "--coordinate-system RAS",
     "coordinate_system='LPS'": "--coordinate-system LPS",
+    "weights=<path to the file>": "--weights <path to the file>",
+    "pass cache_dir": "pass --cache-dir",
 }
 
 

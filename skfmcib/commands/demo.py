@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .._precision import PRECISIONS
+from . import as_flags
 
 #: Smallest cohort the demo accepts: fewer lesions leave folds without some classes.
 MIN_LESIONS = 30
@@ -291,7 +292,8 @@ def run(args: argparse.Namespace) -> int:
         fmcib.fit()
     except WeightsDownloadError as exc:
         print(
-            f"\nskfmcib demo: the official FMCIB weights are not available.\n{exc}\n",
+            f"\nskfmcib demo: the official FMCIB weights are not available.\n"
+            f"{as_flags(str(exc))}\n",
             file=sys.stderr,
         )
         print(

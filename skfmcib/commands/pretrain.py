@@ -26,6 +26,7 @@ from . import FLAGS, as_flags
 PRETRAIN_FLAGS = {
     **FLAGS,
     "resume=False": "--restart",
+    "weights=<path to the file>": "--init-weights <path to the file>",
     # Parameter checks, by the flags that set the parameters.
     "epochs_this_run must": "--epochs-this-run must",
     "epochs must": "--epochs must",
@@ -175,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"skfmcib pretrain: {message(str(exc))}", file=sys.stderr)
         return 2
     except WeightsDownloadError as exc:  # --init-weights fmcib, not cached, offline
-        print(f"skfmcib pretrain: error: {exc}", file=sys.stderr)
+        print(f"skfmcib pretrain: error: {message(str(exc))}", file=sys.stderr)
         return 1
     if int(os.environ.get("RANK", "0")) == 0:
         print(out)

@@ -13,6 +13,7 @@ from ..weights import (
     fetch_weights,
     load_encoder,
 )
+from . import as_flags
 
 
 def add_parser(subparsers) -> None:
@@ -43,7 +44,7 @@ def _fetch(args: argparse.Namespace) -> int:
     try:
         print(fetch_weights("fmcib", cache_dir=args.cache_dir))
     except WeightsDownloadError as exc:
-        print(f"skfmcib weights fetch: {exc}", file=sys.stderr)
+        print(f"skfmcib weights fetch: {as_flags(str(exc))}", file=sys.stderr)
         return 1
     return 0
 
