@@ -295,9 +295,7 @@ def read_table(path: str | os.PathLike, image_root: str | os.PathLike | None = N
     >>> table["coordX"].tolist(), table["pid"].tolist(), table["flag"].tolist()
     ([1], ['007'], ['NA'])
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ExtractError(f"{path}: no such lesion table")
+    path = _table_file(path)
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
             _require_pyarrow("reading a .parquet table")
@@ -310,6 +308,14 @@ def read_table(path: str | os.PathLike, image_root: str | os.PathLike | None = N
         raise ExtractError(f"{path}: cannot read the lesion table ({exc})") from exc
     root = Path(image_root) if image_root is not None else path.resolve().parent
     return table, resolve_paths(table, root)
+
+
+def _table_file(path: str | os.PathLike) -> Path:
+    """The lesion table file ``path`` names (``~`` is the home folder); an error if none."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ExtractError(f"{path}: no such lesion table")
+    return path
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
@@ -325,9 +331,10 @@ def _read_csv(path: Path) -> pd.DataFrame:
 def resolve_paths(table: pd.DataFrame, root: str | os.PathLike) -> pd.DataFrame:
     """Return a copy of ``table`` whose relative image and mask paths start at ``root``."""
     resolved = table.copy()
+    root = Path(root).expanduser()
     for col in ("image_path", "mask_path"):
         if col in resolved.columns:
-            resolved[col] = [_resolve(p, Path(root)) for p in resolved[col]]
+            resolved[col] = [_resolve(p, root) for p in resolved[col]]
     return resolved
 
 
@@ -836,11 +843,7 @@ def extract(
     """
     out = Path(out).expanduser()
     if isinstance(table, (str, os.PathLike)):
-        table = Path(table).expanduser()
-        if not table.is_file():
-            raise ExtractError(f"{table}: no such lesion table")
-    if image_root is not None:
-        image_root = Path(image_root).expanduser()
+        table = _table_file(table)  # before any folder is made for the output
     if out.is_dir():
         raise ExtractError(f"{out} is a folder; name the output file (.parquet or .csv)")
     if not out.parent.is_dir() and (out.parent.exists() or not _creatable(out.parent)):

@@ -895,29 +895,19 @@ def _meta_flag(fields: dict[str, str], key: str, default: bool) -> bool:
     return value[:1] in ("T", "t", "1")
 
 
-def _meta_compressed(path: Path) -> bool:
-    """Whether a MetaImage header says its voxels are zlib-compressed."""
-    if path.suffix.lower() not in (".mha", ".mhd"):
-        return False
-    return _meta_flag(_meta_header(path)[0], "CompressedData", False)
-
-
-def _meta_ascii(path: Path) -> bool:
-    """Whether a MetaImage header says its voxels are written as text."""
-    return not _meta_flag(_meta_header(path)[0], "BinaryData", True)
-
-
 _META_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4,
                "MET_UINT": 4, "MET_FLOAT": 4, "MET_DOUBLE": 8}  # fmt: skip
 
 
-def _check_meta_complete(path: Path, size: tuple[int, ...]) -> None:
+def _check_meta_complete(
+    path: Path, size: tuple[int, ...], fields: dict[str, str], header: int
+) -> None:
     """Refuse an uncompressed MetaImage whose voxel data is shorter than its header says.
 
-    ITK reports such a file as "cannot be read ... No such file or directory"; checked
-    for one data file (LOCAL or a named one) with a known element type.
+    ``fields`` and ``header`` (its length) are :func:`_meta_header`'s. ITK reports such a
+    file as "cannot be read ... No such file or directory"; checked for one data file
+    (LOCAL or a named one) with a known element type.
     """
-    fields, header, _ = _meta_header(path)
     item = _META_BYTES.get(fields.get("ElementType", ""))
     name = fields.get("ElementDataFile", "")
     try:
@@ -1262,13 +1252,19 @@ def open_image(path: str | os.PathLike, series_uid: str | None = None) -> ImageS
         layout = _raw_nrrd_layout(str(path), geometry.size)
         if layout is not None:
             return _RawSource(str(path), geometry, *layout)
-    elif io_name == "MetaImageIO" and _meta_ascii(path):
-        pass  # voxels as text: SimpleITK reads regions of them wrong; read whole
-    elif io_name in ("NiftiImageIO", "MetaImageIO"):
-        compressed = path.name.lower().endswith(".gz") or _meta_compressed(path)
-        if io_name == "MetaImageIO" and not compressed:
-            _check_meta_complete(path, geometry.size)
+    elif io_name == "NiftiImageIO":
+        compressed = path.name.lower().endswith(".gz")
         return _StreamSource(str(path), geometry, io_name, compressed, itk_name)
+    elif io_name == "MetaImageIO":
+        fields, header, _ = _meta_header(path)  # read once for the three questions
+        if _meta_flag(fields, "BinaryData", True):  # text voxels: SimpleITK reads boxes wrong
+            compressed = path.name.lower().endswith(".gz") or (
+                path.suffix.lower() in (".mha", ".mhd")
+                and _meta_flag(fields, "CompressedData", False)
+            )
+            if not compressed:
+                _check_meta_complete(path, geometry.size, fields, header)
+            return _StreamSource(str(path), geometry, io_name, compressed, itk_name)
     return _WholeSource(str(path), geometry)
 
 

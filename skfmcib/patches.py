@@ -673,9 +673,7 @@ def check_patch_array(X) -> np.ndarray:
     """
     if hasattr(X, "toarray") or hasattr(X, "todense"):
         raise TypeError("sparse input is not supported: patches are dense 50^3 volumes")
-    arr = np.asarray(X)
-    if arr.dtype == object or not np.issubdtype(arr.dtype, np.number):
-        raise _table_expected(X, arr)
+    arr = _numeric(X)
     if np.iscomplexobj(arr):
         raise ValueError("patches must be real numbers, got complex data")
     arr = arr.reshape(_patch_shape(arr.shape))
@@ -689,6 +687,15 @@ def check_patch_array(X) -> np.ndarray:
             f"(patch {listing(bad)}); patches must be finite"
         )
     return out
+
+
+def _numeric(X) -> np.ndarray:
+    """``X`` as an array (no copy of an array), if it holds numbers; else the error that
+    says a lesion table or patches were expected."""
+    arr = np.asarray(X)
+    if arr.dtype == object or not np.issubdtype(arr.dtype, np.number):
+        raise _table_expected(X, arr)
+    return arr
 
 
 def _table_expected(X, arr: np.ndarray) -> ValueError:
@@ -763,7 +770,5 @@ def check_input_form(X, coordinate_system: str = "LPS") -> None:
         validate_table(X, coordinate_system)
     elif X is not None:
         if not (hasattr(X, "toarray") or hasattr(X, "todense")):
-            arr = np.asarray(X)  # no copy of an array
-            if arr.dtype == object or not np.issubdtype(arr.dtype, np.number):
-                raise _table_expected(X, arr)
+            _numeric(X)
         check_array(X, allow_nd=True, dtype=None, copy=False)

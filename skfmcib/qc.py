@@ -441,10 +441,6 @@ def quality_control(
     started = time.perf_counter()
     say = log or (lambda message: None)
     out_dir = Path(out_dir).expanduser()
-    if isinstance(table, (str, os.PathLike)):
-        table = Path(table).expanduser()
-    if image_root is not None:
-        image_root = Path(image_root).expanduser()
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir} is a file; the pictures need a folder")
     _require_matplotlib()
