@@ -14,16 +14,21 @@ A lesion's features are stored under a key made of everything that decides them:
 Changing any of these misses the cache. The device and batch size are not part of
 the key: they change features only by floating-point rounding. Entries read or written
 in this process are also kept in memory (64 MB at most) for the next lookups.
+
+Each entry is one ``.npy`` file, named by the SHA-1 of its key, in the folder
+``skfmcib-features`` of the ``joblib.Memory``'s store (so ``Memory.clear()`` removes
+them). Entries are read with ``numpy.load(allow_pickle=False)``: reading a cache folder
+never runs code, whoever wrote it (joblib's own entries are pickles).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Hashable
-from typing import Any
 
 import joblib
 import numpy as np
@@ -32,7 +37,8 @@ import pandas as pd
 from .io import image_identity
 from .patches import HU_OFFSET, HU_SCALE, PATCH_SIZE
 
-_FORMAT = "skfmcib-lesion-features/1"
+_FORMAT = "skfmcib-lesion-features/2"
+_FOLDER = "skfmcib-features"
 
 PREPROCESSING = (
     ("patch_size_voxels", PATCH_SIZE),
@@ -42,13 +48,6 @@ PREPROCESSING = (
     ("outside_scan_hu", -HU_OFFSET),
     ("grid", "reference 1 mm LPS grid, seed index truncated, seed-centred"),
 )
-
-
-def _lesion_features(key: Hashable, features: Any = None) -> Any:
-    """Identity function memoised by joblib: its stored output is the features of ``key``."""
-    # Keep this function's text as it is: joblib empties a function's cache when its
-    # source changes, so another version of it would wipe the folders it shares.
-    return features
 
 
 class _Recent:
@@ -107,10 +106,13 @@ class FeatureCache:
     def __init__(self, memory: joblib.Memory, encoder_key: tuple) -> None:
         from . import __version__
 
-        self._func = memory.cache(_lesion_features, ignore=["features"], verbose=0)
+        store = getattr(memory.store_backend, "location", None)
+        if store is None:
+            store = os.path.join(os.fspath(memory.location), "joblib")
+        self._folder = os.path.join(os.fspath(store), _FOLDER)
         self._prefix = (_FORMAT, __version__, encoder_key, PREPROCESSING)
         self._where = str(memory.location)
-        self._writable = _writable(self._func.store_backend.location)
+        self._writable = _writable(self._folder)
 
     def row_keys(self, seeds: pd.DataFrame) -> list[tuple | None]:
         """Keys of the rows of :func:`~skfmcib.table.validate_table` output (None: uncachable)."""
@@ -133,6 +135,10 @@ class FeatureCache:
         """Key of a pre-cropped patch: the hash of its voxels."""
         return ("patch", joblib.hash(np.ascontiguousarray(patch, dtype=np.float32)))
 
+    def _file(self, full: tuple) -> str:
+        digest = joblib.hash(full, hash_name="sha1")
+        return os.path.join(self._folder, digest[:2], digest + ".npy")
+
     def get(self, key: tuple | None) -> np.ndarray | None:
         """The stored features of ``key``, or None."""
         if key is None:
@@ -141,17 +147,15 @@ class FeatureCache:
         recent = _RECENT.get((self._where, full))
         if recent is not None:
             return recent.copy()
-        if not self._func.check_call_in_cache(full):
-            return None
         try:
-            # Read the stored entry without calling through joblib, which would store
-            # None in place of an entry it cannot read (and print its traceback).
-            value = self._func.call_and_shelve(full).get()
-        except Exception:  # a truncated or corrupt entry, or one removed meanwhile
+            value = np.load(self._file(full), allow_pickle=False)
+        except FileNotFoundError:
             return None
-        if not isinstance(value, np.ndarray) or value.ndim != 1:
+        except (OSError, ValueError, EOFError):  # truncated or corrupt: stored again by put
+            return None
+        if value.ndim != 1 or value.dtype != np.float32 or not np.isfinite(value).all():
             return None  # not features: stored again by put
-        _RECENT.put((self._where, full), np.array(value, dtype=np.float32))
+        _RECENT.put((self._where, full), value.copy())
         return value
 
     def put(self, key: tuple | None, features: np.ndarray) -> None:
@@ -159,8 +163,18 @@ class FeatureCache:
         if key is None:
             return
         value = np.array(features, dtype=np.float32)
+        full = (self._prefix, key)
         if self._writable:
-            self._func.call((self._prefix, key), features=value)
+            try:
+                _save(self._file(full), value)
+            except OSError as exc:  # a full disk, say: the features are still returned
+                self._writable = None  # said once
+                warnings.warn(
+                    f"memory={self._where!r}: features could not be stored in the cache "
+                    f"({exc.strerror or exc}); they are returned but not stored",
+                    UserWarning,
+                    stacklevel=5,
+                )
         elif self._writable is False:
             self._writable = None  # said once
             warnings.warn(
@@ -169,4 +183,22 @@ class FeatureCache:
                 UserWarning,
                 stacklevel=5,
             )
-        _RECENT.put((self._where, (self._prefix, key)), value.copy())
+        _RECENT.put((self._where, full), value.copy())
+
+
+def _save(path: str, value: np.ndarray) -> None:
+    """Write ``value`` to ``path`` through a temporary file renamed over it: a reader
+    (another process sharing the folder) sees the old entry, none, or the whole new one."""
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(
+        folder, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    )
+    try:
+        with open(tmp, "wb") as fh:
+            np.save(fh, value, allow_pickle=False)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise

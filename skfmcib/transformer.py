@@ -95,10 +95,11 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
         architecture, the precision, the preprocessing, the image file (path, size,
         modification and status-change times, inode, and those of the data files a
         header names) and the seed are the same; changing any of them misses the
-        cache. A folder that is not writable is read but not added to. With it, a
-        cross-validated search over later pipeline steps encodes each lesion once,
-        and a fit whose weights were already loaded in this process defers loading
-        the encoder until a lesion is not in the cache.
+        cache. A folder that is not writable is read but not added to. Entries are
+        ``.npy`` files read without unpickling: reading a cache never runs code. With
+        it, a cross-validated search over later pipeline steps encodes each lesion
+        once, and a fit whose weights were already loaded in this process defers
+        loading the encoder until a lesion is not in the cache.
     n_jobs : int or None, default=None
         Threads that read images and extract patches while the encoder runs (rows
         are grouped by image, each image opened once). None: one thread per two CPU
@@ -577,12 +578,15 @@ def _check_memory(memory):
 
 
 def _weights_memo_key(weights, config, cache_dir, seed) -> tuple | None:
-    from .weights import REGISTRY, WeightsRecord
+    from .weights import REGISTRY, WeightsRecord, cached_weights_path
 
     if weights is None:
         return ("random", seed, config)
     if isinstance(weights, WeightsRecord) or (isinstance(weights, str) and weights in REGISTRY):
-        return ("registry", weights, str(cache_dir), config)
+        # The file the cache folder holds now: $SKFMCIB_CACHE_DIR, or the working folder
+        # of a relative cache_dir, may have changed since the last fit.
+        target = os.path.realpath(cached_weights_path(weights, cache_dir=cache_dir))
+        return ("registry", weights, target, config)
     if isinstance(weights, (str, os.PathLike)):
         # The file a link points to now: repointing a link loads the weights again.
         return ("file", os.path.realpath(os.path.expanduser(os.fspath(weights))), config)

@@ -288,6 +288,41 @@ def test_repointed_weights_link_loads_the_new_weights(tmp_path, table):
     np.testing.assert_array_equal(model.transform(table), expected)
 
 
+def test_registered_weights_follow_the_cache_folder_they_resolve_to(
+    tmp_path, table, encoder_calls, monkeypatch
+):
+    from skfmcib.weights import REGISTRY, WeightsRecord, cached_weights_path
+
+    record = WeightsRecord("mine", "http://127.0.0.1:9/unused", "w.torch")
+    monkeypatch.setitem(REGISTRY, "mine", record)
+    for folder, seed in (("A", 0), ("B", 5)):
+        model = tiny(None, random_state=seed).fit()
+        save_checkpoint(model.encoder_, cached_weights_path(record, cache_dir=tmp_path / folder))
+    memory = tmp_path / "features"
+    found = {}
+    # The environment variable, then a relative cache_dir from two working folders.
+    for name, env, cwd, cache_dir in (
+        ("A", tmp_path / "A", None, None),
+        ("B", tmp_path / "B", None, None),
+        ("A", None, tmp_path, "A"),
+        ("B", None, tmp_path, "B"),
+    ):
+        if env is not None:
+            monkeypatch.setenv("SKFMCIB_CACHE_DIR", str(env))
+        else:
+            monkeypatch.delenv("SKFMCIB_CACHE_DIR", raising=False)
+            monkeypatch.chdir(cwd)
+        params = dict(weights="mine", cache_dir=cache_dir, memory=memory)
+        model = tiny(**params).fit()
+        assert model.weights_info_.path == (tmp_path / name / "mine" / "w.torch").resolve()
+        out = model.transform(table)
+        found.setdefault(name, out)
+        np.testing.assert_array_equal(out, found[name])
+    expected = tiny(None, random_state=5).fit().transform(table)
+    np.testing.assert_allclose(found["B"], expected, rtol=0, atol=1e-5)
+    assert not np.allclose(found["A"], found["B"])
+
+
 def test_an_unreadable_entry_is_a_miss_and_is_written_again(
     tmp_path, table, encoder_calls, monkeypatch
 ):
@@ -295,7 +330,7 @@ def test_an_unreadable_entry_is_a_miss_and_is_written_again(
 
     memory = tmp_path / "cache"
     expected = tiny(memory).fit().transform(table)
-    entries = sorted(memory.rglob("output.pkl"))
+    entries = sorted(memory.rglob("*.npy"))
     assert len(entries) == len(table)
     entries[0].write_bytes(entries[0].read_bytes()[:20])  # truncated
     for patches in (1, 0):  # written again, then read
@@ -306,7 +341,68 @@ def test_an_unreadable_entry_is_a_miss_and_is_written_again(
         # Encoded alone, the row differs from its batch of 6 by float32 rounding.
         np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
         assert encoder_calls.patches == patches
-    assert joblib.load(entries[0]).shape == (expected.shape[1],)
+    assert np.load(entries[0], allow_pickle=False).shape == (expected.shape[1],)
+
+
+class _Planted:
+    """A pickle that creates a file when it is loaded."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def test_reading_a_cache_folder_never_unpickles(tmp_path, table, encoder_calls, monkeypatch):
+    memory = tmp_path / "cache"
+    expected = tiny(memory).fit().transform(table)
+    entries = sorted(memory.rglob("*.npy"))
+    assert len(entries) == len(table)
+    # Someone with write access replaces every entry with a pickle that runs code; a
+    # joblib entry (output.pkl) planted beside them is not read either.
+    marker = tmp_path / "code-ran"
+    for entry in entries:
+        joblib.dump(_Planted(marker), entry)
+        joblib.dump(_Planted(marker), entry.with_name("output.pkl"))
+    import skfmcib._cache as cache_module
+
+    monkeypatch.setattr(cache_module, "_RECENT", cache_module._Recent())  # a new process
+    encoder_calls.reset()
+    out = tiny(memory).fit().transform(table)
+    assert not marker.exists()
+    assert encoder_calls.patches == len(table)  # unreadable entries: computed again
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
+def test_memory_clear_removes_the_entries(tmp_path, table, encoder_calls, monkeypatch):
+    import skfmcib._cache as cache_module
+
+    memory = joblib.Memory(str(tmp_path / "cache"), verbose=0)
+    tiny(memory).fit().transform(table)
+    assert len(list((tmp_path / "cache").rglob("*.npy"))) == len(table)
+    memory.clear(warn=False)
+    monkeypatch.setattr(cache_module, "_RECENT", cache_module._Recent())  # a new process
+    assert not list((tmp_path / "cache").rglob("*.npy"))
+    encoder_calls.reset()
+    tiny(memory).fit().transform(table)
+    assert encoder_calls.patches == len(table)
+
+
+def test_an_entry_that_cannot_be_written_is_warned_about_and_returned(
+    tmp_path, table, monkeypatch
+):
+    import skfmcib._cache as cache_module
+
+    def full_disk(path, value):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cache_module, "_save", full_disk)
+    monkeypatch.setattr(cache_module, "_RECENT", cache_module._Recent())
+    with pytest.warns(UserWarning, match="could not be stored.*No space left") as caught:
+        out = tiny(tmp_path / "cache").fit().transform(table)
+    assert sum("could not be stored" in str(w.message) for w in caught) == 1
+    np.testing.assert_array_equal(out, tiny(None).fit().transform(table))
 
 
 @pytest.mark.parametrize("name", ["ct.nii.gz/x.nii.gz", "a" * 300 + ".nii.gz", "ct\0.nii.gz"])
@@ -341,7 +437,7 @@ def test_a_cache_folder_that_is_not_writable_is_read_and_warned_about_once(
     assert sum("not writable" in str(w.message) for w in caught) == 1
     np.testing.assert_array_equal(out[:3], expected)
     assert encoder_calls.patches == len(table) - 3
-    assert len(list(memory.rglob("output.pkl"))) == 3
+    assert len(list(memory.rglob("*.npy"))) == 3
 
 
 def test_a_cache_folder_that_cannot_be_created_is_an_error_naming_it(tmp_path, table):
