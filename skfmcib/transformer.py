@@ -21,6 +21,7 @@ from ._files import file_state
 from ._precision import check_precision_name
 from ._process import gc_paused
 from ._progress import Progress
+from ._text import listing
 from .patches import (
     RowWarning,
     _iter_patches,
@@ -398,7 +399,11 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
             read.check_unchanged()
         return feats
 
-    def _encode_into(self, out, where, batch, cache, keys, precision: str) -> None:
+    def _encode_into(self, out, where, batch, cache, keys, precision: str, index=None) -> None:
+        """Encode ``batch`` into the rows ``where`` of ``out`` (and the cache).
+
+        ``index``: the table's row labels, to name rows in errors (default: positions).
+        """
         feats = self._encode(self.encoder_, batch)
         if self.precision != precision or self._encoder_precision != precision:
             # set_params from another thread while this call runs: its features would
@@ -408,10 +413,43 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
                 "was running; nothing of this call was kept or cached. Change parameters "
                 "between calls"
             )
+        finite = np.isfinite(feats).all(axis=1)
+        if not finite.all():
+            failed = np.asarray(where)[~finite]
+            noun = "patch" if index is None else "row"
+            rows = failed if index is None else index[failed]
+            raise self._non_finite(noun, list(rows), precision)
         out[where] = feats
         if cache is not None:
             for pos, row in zip(where, feats, strict=True):
                 cache.put(keys[pos], row)
+
+    def _non_finite(self, noun: str, rows: list, precision: str) -> Exception:
+        """The error for features that came out NaN or infinite (patches are finite)."""
+        from .weights import CheckpointError, bad_values
+
+        plural = "es" if noun == "patch" else "s"
+        what = f"NaN or infinite features for {noun}{plural if len(rows) > 1 else ''} "
+        what += listing(rows)
+        bad = bad_values(self.encoder_)
+        if bad:
+            entries = "1 entry" if len(bad) == 1 else f"{len(bad)} entries"
+            return CheckpointError(
+                f"{self.weights_info_.path or self.weights_info_.source}: the encoder gave "
+                f"{what}: the weights hold NaN or infinite values, or negative batch-norm "
+                f"variances, in {entries} ({listing(bad, 5)}). These weights cannot "
+                "give features; no NaN features were kept or cached"
+            )
+        hint = (
+            "; float16's range (65504) is too small for these activations: use "
+            "precision='bf16' or 'fp32'."
+            if precision == "fp16"
+            else "; are the intensities far outside the CT range?"
+        )
+        return ValueError(
+            f"the encoder gave {what} at precision {precision!r}{hint} No NaN features "
+            "were kept or cached."
+        )
 
     def _progress(self, total: int) -> Progress:
         return Progress(total, enabled=self.progress, unit="lesions")
@@ -468,14 +506,16 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
                     if len(batch) == size:
                         out = self._ready_output(out, len(X), loading)
                         self._encode_into(
-                            out, where, np.stack(batch)[:, None], cache, keys, precision
+                            out, where, np.stack(batch)[:, None], cache, keys, precision, X.index
                         )
                         bar.update(len(batch))
                         batch, where = [], []
                         size = self._batch_size(loading)
                 out = self._ready_output(out, len(X), loading)
                 if batch:
-                    self._encode_into(out, where, np.stack(batch)[:, None], cache, keys, precision)
+                    self._encode_into(
+                        out, where, np.stack(batch)[:, None], cache, keys, precision, X.index
+                    )
                     bar.update(len(batch))
         return out
 

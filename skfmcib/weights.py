@@ -60,6 +60,7 @@ __all__ = [
     "WeightsInfo",
     "WeightsLicenseNotice",
     "WeightsRecord",
+    "bad_values",
     "cached_weights_path",
     "default_cache_dir",
     "fetch_weights",
@@ -1316,6 +1317,48 @@ def load_encoder(
         path=checkpoint.path,
     )
     return encoder, info
+
+
+def bad_values(encoder: torch.nn.Module) -> list[str]:
+    """Entries of ``encoder`` that no trained network holds: NaN or infinite values, and
+    batch-normalisation variances below zero. Either makes every feature NaN.
+
+    Loading does not look for them (it would read every byte of a large file before
+    the first patch is encoded); :class:`~skfmcib.FMCIBTransformer` does when the
+    encoder gives NaN features, and ``skfmcib weights info`` always does.
+
+    Parameters
+    ----------
+    encoder : torch.nn.Module
+
+    Returns
+    -------
+    list of str
+        The entries' names (with why, for variances), in the state dict's order.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skfmcib.encoder import EncoderConfig
+    >>> from skfmcib.weights import bad_values, load_encoder
+    >>> net, _ = load_encoder(None, config=EncoderConfig("resnet10", 0.25), random_state=0)
+    >>> bad_values(net)
+    []
+    >>> with torch.no_grad():
+    ...     net.conv1.weight[0, 0, 0, 0, 0] = float("nan")
+    ...     net.bn1.running_var[0] = -1.0
+    >>> bad_values(net)
+    ['conv1.weight', 'bn1.running_var (negative variance)']
+    """
+    found = []
+    for name, value in encoder.state_dict().items():
+        if not value.is_floating_point():
+            continue
+        if not bool(torch.isfinite(value).all()):
+            found.append(name)
+        elif name.endswith("running_var") and bool((value < 0).any()):
+            found.append(f"{name} (negative variance)")
+    return found
 
 
 # ------------------------------------------------------------------------- saving

@@ -29,6 +29,19 @@ def test_info_on_a_corrupt_file_fails_with_its_name(tmp_path, capsys):
     assert "bad.pt" in capsys.readouterr().err
 
 
+def test_info_refuses_weights_with_nan_values(tmp_path, capsys):
+    import torch
+
+    net = build_encoder(EncoderConfig("resnet10", 0.25))
+    with torch.no_grad():
+        net.bn1.running_var[3] = float("nan")
+    path = save_checkpoint(net, tmp_path / "nan.pt")
+    assert main(["weights", "info", str(path)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "nan.pt" in captured.err and "bn1.running_var" in captured.err
+
+
 def test_path_and_offline_fetch(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(weights, "_NOTICES_SHOWN", {"fmcib"})
     offline = replace(FMCIB_WEIGHTS, url=_closed_port_url(), api_url=_closed_port_url())

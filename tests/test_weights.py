@@ -893,3 +893,41 @@ def test_weights_rewritten_in_place_after_fit_are_refused(tmp_path):
     np.testing.assert_array_equal(fresh.transform(patches), before)
     _tiny_file(tmp_path / "new.torch", seed=1).replace(path)
     np.testing.assert_array_equal(fresh.transform(patches), before)
+
+
+# ------------------------------------------------ weights that cannot give features
+
+
+@pytest.mark.parametrize(
+    ("entry", "value", "says"),
+    [
+        ("layer1.0.conv1.weight", float("nan"), r"1 entry \(layer1\.0\.conv1\.weight\)"),
+        ("bn1.weight", float("inf"), r"\(bn1\.weight\)"),
+        ("bn1.running_var", -1.0, r"\(bn1\.running_var \(negative variance\)\)"),
+    ],
+)
+def test_weights_that_give_nan_features_are_named_and_nothing_is_cached(
+    tmp_path, entry, value, says
+):
+    from skfmcib import FMCIBTransformer
+
+    net, _ = load_encoder(None, config=SMALL, random_state=0)
+    assert weights.bad_values(net) == []
+    with torch.no_grad():
+        net.state_dict()[entry].view(-1)[0] = value
+    path = save_checkpoint(net, tmp_path / "broken.torch")
+    patches = np.random.default_rng(0).random((3, 1, 50, 50, 50), dtype=np.float32)
+    model = FMCIBTransformer(weights=path, device="cpu", memory=tmp_path / "cache").fit()
+    with pytest.raises(CheckpointError, match=r"broken\.torch: .*patches 0, 1, 2.*" + says):
+        model.transform(patches)
+    assert not list((tmp_path / "cache").rglob("*.npy"))
+
+
+def test_finite_weights_that_overflow_name_the_rows(tmp_path):
+    from skfmcib import FMCIBTransformer
+
+    model = FMCIBTransformer(weights=None, arch=SMALL.to_dict(), device="cpu").fit()
+    patches = np.zeros((3, 1, 50, 50, 50), dtype=np.float32)
+    patches[1] = 3e38  # finite, but no convolution of it is
+    with pytest.raises(ValueError, match=r"features for patch 1 at precision 'fp32'; are the"):
+        model.transform(patches)

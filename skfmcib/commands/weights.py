@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .._text import listing
 from ..weights import (
     REGISTRY,
     CheckpointError,
     WeightsDownloadError,
+    bad_values,
     cached_weights_path,
     fetch_weights,
     load_encoder,
@@ -70,6 +72,15 @@ def _info(args: argparse.Namespace) -> int:
     except (CheckpointError, WeightsDownloadError, OSError) as exc:
         text = str(exc).replace("; random weights are weights=None", "")
         print(f"skfmcib weights info: {text}", file=sys.stderr)
+        return 1
+    bad = bad_values(encoder)
+    if bad:
+        print(
+            f"skfmcib weights info: {info.path}: NaN or infinite values, or negative "
+            f"batch-norm variances, in {len(bad)} of the encoder's entries "
+            f"({listing(bad, 5)}): these weights give NaN features",
+            file=sys.stderr,
+        )
         return 1
     n_params = sum(p.numel() for p in encoder.parameters())
     print(f"source:       {info.source}")
