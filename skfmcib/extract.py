@@ -42,7 +42,7 @@ from ._files import atomic_write
 from ._progress import Progress
 from ._text import counted
 from .patches import HU_OFFSET, HU_SCALE, PATCH_SIZE, RowWarning
-from .table import COORD_COLUMNS, EXACT_CSV, RowError, validate_table
+from .table import COORD_COLUMNS, EXACT_CSV, RowError, check_csv_header, validate_table
 from .transformer import FMCIBTransformer
 
 __all__ = [
@@ -321,6 +321,7 @@ def _table_file(path: str | os.PathLike) -> Path:
 def _read_csv(path: Path) -> pd.DataFrame:
     """A CSV lesion table: the columns the package reads parsed, the others as written."""
     table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    check_csv_header(path)
     parsed = pd.read_csv(path, dtype={c: str for c in _PATH_COLUMNS}, **EXACT_CSV)
     for col in table.columns:
         if col in _PATH_COLUMNS or col in _NUMBER_COLUMNS:

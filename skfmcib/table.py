@@ -8,6 +8,8 @@ holding several.
 
 from __future__ import annotations
 
+import csv
+import os
 from collections.abc import Hashable
 
 import numpy as np
@@ -22,6 +24,43 @@ COORD_COLUMNS = ("coordX", "coordY", "coordZ")
 EXACT_CSV = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
 REQUIRED_COLUMNS = ("image_path", *COORD_COLUMNS)
 _COORDINATE_SYSTEMS = ("LPS", "RAS")
+# Columns some reader of the package uses: one of them twice is ambiguous.
+_READ_COLUMNS = (*REQUIRED_COLUMNS, "series_uid", "mask_path", "mask_label")
+
+
+def check_csv_header(path: str | os.PathLike) -> None:
+    """Refuse a CSV file whose header names a column the package reads twice.
+
+    pandas would rename the second ``coordX`` to ``coordX.1`` and the first would be
+    used silently.
+    """
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as fh:
+        header = next(csv.reader(fh), [])
+    twice = sorted({c for c in header if c in _READ_COLUMNS and header.count(c) > 1})
+    if twice:
+        raise ValueError(
+            f"{path}: the header names column(s) {', '.join(twice)} more than once; "
+            "keep one of each"
+        )
+
+
+def columns_hint(columns) -> str:
+    """A hint for a table that lacks the required columns ('' when there is none)."""
+    names = [str(c) for c in columns]
+    if len(names) == 1:
+        for sep, what in ((";", "semicolons"), ("\t", "tabs")):
+            if sep in names[0]:
+                return (
+                    f"; its single column {names[0]!r} holds {what}: the file looks "
+                    f"separated by {what}, and a lesion table is comma-separated"
+                )
+    lowered = {n.strip().lower(): n for n in names}
+    near = [
+        lowered[c.lower()] for c in REQUIRED_COLUMNS if c not in names and c.lower() in lowered
+    ]
+    if near:
+        return f" (column names are case- and space-sensitive; found {near})"
+    return ""
 
 
 class RowError(ValueError):
@@ -94,17 +133,15 @@ def validate_table(table: pd.DataFrame, coordinate_system: str = "LPS") -> pd.Da
     if missing:
         raise ValueError(
             f"lesion table lacks column(s) {missing}; it needs {list(REQUIRED_COLUMNS)} "
-            f"(has {list(map(str, table.columns))})"
+            f"(has {list(map(str, table.columns))}){columns_hint(table.columns)}"
         )
     if len(table) == 0:
         raise ValueError("lesion table is empty")
     out = pd.DataFrame(index=table.index)
     out["image_path"] = [_path_str(p) for p in table["image_path"]]
     if "series_uid" in table.columns:
-        out["series_uid"] = [
-            None if (u is None or (isinstance(u, float) and np.isnan(u))) else str(u)
-            for u in table["series_uid"]
-        ]
+        # Missing (None, NaN, pd.NA of a nullable column) or empty: not given.
+        out["series_uid"] = [_path_str(u) or None for u in table["series_uid"]]
     else:
         out["series_uid"] = None
     sign = (-1.0, -1.0, 1.0) if coordinate_system == "RAS" else (1.0, 1.0, 1.0)

@@ -22,6 +22,7 @@ from skfmcib.datasets import (
     make_lesion_cohort,
     read_reference_csv,
 )
+from skfmcib.table import validate_table
 
 COARSE = (1.6, 1.6, 3.0)  # fast scans for tests that do not look at the anatomy
 BORDER_MM = 25.0
@@ -469,6 +470,39 @@ def test_reader_errors_for_empty_and_absent_files(tmp_path):
         "coordY",
         "coordZ",
     ]
+
+
+def test_reader_parses_other_columns_as_pandas_does_whatever_the_blank_lines(tmp_path):
+    body = "a.nii.gz,1,2,3,007,NA,4\nb.nii.gz,1,2,3,8,x,5\n"
+    header = "image_path,coordX,coordY,coordZ,pid,flag,label\n"
+    plain = _write(tmp_path / "plain.csv", header + body)
+    # A blank line, a line of spaces and a line of commas: skipped, and not seen in types.
+    spaced = _write(tmp_path / "spaced.csv", header + "\n   \n,,,,,,\n" + body + "\n")
+    expected = pd.read_csv(plain)
+    for csv in (plain, spaced):
+        table = read_reference_csv(csv)
+        pd.testing.assert_frame_equal(
+            table.drop(columns=["image_path", "coordX", "coordY", "coordZ"]),
+            expected.drop(columns=["image_path", "coordX", "coordY", "coordZ"]),
+        )
+        assert table["label"].dtype == np.int64 and table["pid"].tolist() == [7, 8]
+    with pytest.raises(ValueError, match="data row 2 .*line 7 of the file"):
+        read_reference_csv(_write(tmp_path / "bad.csv", header + "\n  \n,,,\n" + body + "c,1"))
+
+
+def test_csv_readers_refuse_a_column_named_twice_and_spot_semicolons(tmp_path):
+    from skfmcib.extract import ExtractError, read_table
+
+    twice = _write(tmp_path / "twice.csv", "image_path,coordX,coordY,coordZ,coordX\na,1,2,3,4\n")
+    with pytest.raises(ValueError, match=r"twice\.csv: the header names column\(s\) coordX more"):
+        read_reference_csv(twice)
+    with pytest.raises(ExtractError, match="coordX more than once"):
+        read_table(twice)
+    semi = _write(tmp_path / "semi.csv", "image_path;coordX;coordY;coordZ\na;1;2;3\n")
+    with pytest.raises(ValueError, match="separated by semicolons"):
+        read_reference_csv(semi)
+    with pytest.raises(ValueError, match="separated by semicolons"):
+        validate_table(read_table(semi)[0])
 
 
 # -- documentation -------------------------------------------------------------------------

@@ -256,6 +256,19 @@ def test_dicom_directory_with_two_series_is_an_error_or_a_choice(tmp_path):
     assert not np.array_equal(p[0], p[1])
 
 
+@pytest.mark.parametrize(
+    "missing", [pd.array([None], dtype="string"), pd.array([pd.NA], dtype=object), [""], [None]]
+)
+def test_a_missing_series_uid_of_any_kind_is_not_given(tmp_path, missing):
+    hu = _ramp((12, 30, 30))
+    d = write_dicom_series(tmp_path / "one", hu, series_uid="1.2.3.4.1")
+    seed = np.array([-100 + 12, -120 + 12, 40 + 11.0])
+    table = _table(d, seed)
+    expected = load_patches(table)
+    table["series_uid"] = missing  # nullable text (convert_dtypes, Parquet), "" or None
+    np.testing.assert_array_equal(load_patches(table), expected)
+
+
 def test_each_image_is_read_once_whatever_the_row_order(tmp_path, monkeypatch):
     a = write_image(tmp_path / "a.nii.gz", _ramp((40, 40, 40)))
     b = write_image(tmp_path / "b.nii.gz", _ramp((40, 40, 40)) + 10)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ..table import EXACT_CSV
+from ..table import EXACT_CSV, check_csv_header, columns_hint
 
 __all__ = ["read_reference_csv"]
 
@@ -20,8 +21,11 @@ def read_reference_csv(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read a lesion table in the reference package's CSV format.
 
     The format has one row per lesion with the columns ``image_path``, ``coordX``,
-    ``coordY`` and ``coordZ`` (the seed point in physical millimetres, LPS); other
-    columns are kept unchanged.
+    ``coordY`` and ``coordZ`` (the seed point in physical millimetres, LPS). Other
+    columns are parsed as :func:`pandas.read_csv` parses them by default, as the
+    reference package reads the file: numbers become numbers (``007`` is 7), empty
+    cells and ``NA`` are missing. :func:`skfmcib.extract.read_table` keeps them as
+    written instead.
 
     Parameters
     ----------
@@ -36,7 +40,8 @@ def read_reference_csv(path: str | os.PathLike[str]) -> pd.DataFrame:
         against the folder holding the CSV file (not the working directory), ``~``
         is expanded, and absolute paths are kept (normalised). Whether the images
         exist is not checked. ``coordX``, ``coordY`` and ``coordZ`` are float64.
-        Blank lines are skipped.
+        Blank lines (nothing but spaces and commas) are skipped, and leave the types
+        of the other columns as they would be without them.
 
     Raises
     ------
@@ -44,7 +49,8 @@ def read_reference_csv(path: str | os.PathLike[str]) -> pd.DataFrame:
         When ``path`` does not exist.
     ValueError
         When the file cannot be parsed as CSV or has no header, when a required
-        column is missing (the message names the file and the columns), or when an
+        column is missing or named twice (the message names the file and the
+        columns; a file separated by semicolons is said to be), or when an
         ``image_path`` is empty or a coordinate is missing, non-numeric or infinite
         (the message names the file, the column, the value and the row both as its
         0-based position among the data rows and as its 1-based line in the file,
@@ -67,18 +73,18 @@ def read_reference_csv(path: str | os.PathLike[str]) -> pd.DataFrame:
     ...     image = table.loc[0, "image_path"]
     ...     image == os.path.join(tmp, "scans", "ct.nii.gz")
     True
-    >>> table[["coordX", "coordY", "coordZ", "label"]].values.tolist()
-    [[10.5, -20.0, 33.0, 1.0]]
+    >>> table[["coordX", "coordY", "coordZ"]].values.tolist(), table["label"].tolist()
+    ([[10.5, -20.0, 33.0]], [1])
     """
     csv_path = Path(os.fspath(path)).expanduser()
     if not csv_path.is_file():
         raise FileNotFoundError(f"lesion table {str(csv_path)!r} does not exist or is not a file")
     name = str(csv_path)
     try:
-        # keep blank lines as empty rows so that row positions map to file lines
-        raw = pd.read_csv(
-            csv_path, skip_blank_lines=False, dtype={"image_path": object}, **EXACT_CSV
-        )
+        # Every cell as written, blank lines kept as rows, so that row positions map to
+        # file lines; the rows kept are then parsed as pandas parses a file.
+        text = pd.read_csv(csv_path, skip_blank_lines=False, dtype=str, keep_default_na=False)
+        check_csv_header(csv_path)
     except pd.errors.EmptyDataError:
         raise ValueError(
             f"{name}: the file is empty; expected a header line with {', '.join(_REQUIRED)}"
@@ -86,31 +92,31 @@ def read_reference_csv(path: str | os.PathLike[str]) -> pd.DataFrame:
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise ValueError(f"{name}: cannot be read as CSV: {exc}") from None
 
-    missing = [c for c in _REQUIRED if c not in raw.columns]
+    missing = [c for c in _REQUIRED if c not in text.columns]
     if missing:
-        found = ", ".join(map(str, raw.columns))
-        hint = ""
-        lowered = {str(c).strip().lower(): c for c in raw.columns}
-        near = [lowered[c.lower()] for c in missing if c.lower() in lowered]
-        if near:
-            hint = f" (column names are case- and space-sensitive; found {near})"
+        found = ", ".join(map(str, text.columns))
         raise ValueError(
             f"{name}: missing required column(s) {', '.join(missing)}; the reference "
-            f"format needs {', '.join(_REQUIRED)}; found columns: {found}{hint}"
+            f"format needs {', '.join(_REQUIRED)}; found columns: {found}"
+            f"{columns_hint(text.columns)}"
         )
 
-    lines = np.arange(len(raw)) + 2  # line 1 is the header
-    blank = raw.isna().all(axis=1).to_numpy()
-    table = raw.loc[~blank].copy()
-    lines = lines[~blank]
+    text = text.fillna("")  # the cells of a short row
+    # A blank line: nothing but spaces and commas.
+    blank = (text.apply(lambda column: column.str.strip()) == "").all(axis=1).to_numpy()
+    lines = (np.arange(len(text)) + 2)[~blank]  # line 1 is the header
+    text = text.loc[~blank].reset_index(drop=True)
+    table = pd.read_csv(
+        io.StringIO(text.to_csv(index=False)), dtype={"image_path": object}, **EXACT_CSV
+    )
 
     for col in _COORDS:
         values = pd.to_numeric(table[col], errors="coerce").astype(np.float64)
         bad = ~np.isfinite(values.to_numpy())
         if bad.any():
             pos = int(np.flatnonzero(bad)[0])
-            raw_value = table[col].iloc[pos]
-            what = "missing" if pd.isna(raw_value) else f"not a finite number: {raw_value!r}"
+            raw_value = text[col].iloc[pos]
+            what = "missing" if not raw_value.strip() else f"not a finite number: {raw_value!r}"
             raise ValueError(
                 f"{name}: {col} is {what} in data row {pos} (0-based, blank lines "
                 f"skipped), line {lines[pos]} of the file"
@@ -129,4 +135,4 @@ def read_reference_csv(path: str | os.PathLike[str]) -> pd.DataFrame:
         p = Path(str(value).strip()).expanduser()
         paths.append(os.path.normpath(p if p.is_absolute() else folder / p))
     table["image_path"] = paths
-    return table.reset_index(drop=True)
+    return table
