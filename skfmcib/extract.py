@@ -40,7 +40,7 @@ import pandas as pd
 
 from ._files import atomic_write
 from ._progress import Progress
-from ._text import counted
+from ._text import counted, listing
 from .patches import HU_OFFSET, HU_SCALE, PATCH_SIZE, RowWarning
 from .table import COORD_COLUMNS, EXACT_CSV, RowError, check_csv_header, validate_table
 from .transformer import FMCIBTransformer
@@ -719,6 +719,10 @@ def prepare_table(
         raise ExtractError(f"table must be a DataFrame or a path, got {type(table).__name__}")
     original = table
     has_coords = all(c in table.columns for c in COORD_COLUMNS)
+    if has_coords and "mask_path" in table.columns:
+        has_coords = _coordinates_given(table)
+        if not has_coords:  # empty coordinate columns beside masks: seed from the masks
+            resolved = resolved.drop(columns=list(COORD_COLUMNS))
     if not has_coords and "mask_path" in table.columns:
         from .masks import seeds_from_masks
 
@@ -740,6 +744,26 @@ def prepare_table(
             if col in table.columns:
                 table[col] = original[col].iloc[positions].to_numpy()
     return table, resolved
+
+
+def _coordinates_given(table: pd.DataFrame) -> bool:
+    """Whether a table with ``mask_path`` gives seeds: False when every row's coordinates
+    are empty (its seeds come from the masks); an error when only some rows' are."""
+    coords = table[list(COORD_COLUMNS)]
+    empty = (coords.isna() | coords.apply(lambda c: c.astype(str).str.strip() == "")).all(axis=1)
+    if not empty.any():
+        return True
+    if empty.all():
+        return False
+    masked = table["mask_path"].notna() & (table["mask_path"].astype(str).str.strip() != "")
+    rows = list(table.index[(empty & masked).to_numpy()])
+    if not rows:
+        return True  # rows without seeds or masks: each is reported as a bad row
+    raise ExtractError(
+        f"row(s) {listing(rows)} give a mask_path and no coordinates, while other rows "
+        "give coordinates: a table seeds every lesion from coordinates or every lesion "
+        "from masks. Put the mask rows in a table of their own, or give their coordinates"
+    )
 
 
 def _paths_as_text(table: pd.DataFrame) -> pd.DataFrame:

@@ -176,7 +176,9 @@ def seeds_from_masks(
     label : int, optional
         The label value whose voxels form the lesion: the seed is the centroid of all
         voxels of that value (one row per mask). When omitted (and no ``mask_label``
-        column), every connected component of every non-zero value is a lesion.
+        column), every connected component of every non-zero value is a lesion. A
+        row's ``mask_label`` that differs from it is an error (which one was meant?);
+        rows with an empty ``mask_label`` use it.
     connectivity : {6, 18, 26}, default=26
         Which neighbours join voxels into one lesion (faces; faces and edges; all).
     min_voxels : int, default=1
@@ -226,7 +228,7 @@ def seeds_from_masks(
     rows = []
     for row_label, rec in table.iterrows():
         value = label
-        if value is None and "mask_label" in table.columns and pd.notna(rec["mask_label"]):
+        if "mask_label" in table.columns and _given(rec["mask_label"]):
             value = _label_value(rec["mask_label"])
             if value is None:
                 raise RowError(
@@ -234,12 +236,24 @@ def seeds_from_masks(
                     str(rec["mask_path"]),
                     f"mask_label {rec['mask_label']!r} is not a positive whole number",
                 )
+            if label is not None and value != label:
+                raise RowError(
+                    row_label,
+                    str(rec["mask_path"]),
+                    f"its mask_label {value} differs from the label given for every row "
+                    f"({label}); give one or the other",
+                )
         rows.extend(_lesions_of(row_label, rec, value, connectivity, min_voxels))
     out = pd.DataFrame(rows).reset_index(drop=True)
     for col in ("mask_row", "mask_label", "mask_component", "mask_voxels"):
         if pd.api.types.is_integer_dtype(out[col]) or pd.api.types.is_float_dtype(out[col]):
             out[col] = out[col].astype(np.int64)  # row labels stay as they are otherwise
     return out
+
+
+def _given(value) -> bool:
+    """Whether a table cell holds a value (not missing, not empty text)."""
+    return not (pd.isna(value) or (isinstance(value, str) and not value.strip()))
 
 
 def _label_value(value) -> int | None:

@@ -29,7 +29,7 @@ import SimpleITK as sitk
 
 from ._progress import Progress
 from .io import ImageReadError, Volume, read_image
-from .patches import HU_OFFSET, HU_SCALE, PATCH_SIZE, extract_patch, patch_grid
+from .patches import HU_OFFSET, HU_SCALE, PATCH_SIZE, _sample_plan, extract_patch, patch_grid
 from .table import row_problem, validate_table
 
 __all__ = ["WINDOWS", "QCSummary", "quality_control", "render_lesion"]
@@ -133,11 +133,19 @@ def _sample_plane(
 
 
 def _seed_stats(volume: Volume, seed: np.ndarray) -> tuple[float, float]:
-    """Median HU within 2 mm of the seed and fraction of air-like voxels in its patch."""
+    """Median HU within 2 mm of the seed, and the fraction of air-like samples among
+    its patch's samples inside the scan (the fill beyond the scan's edge is not air
+    around the lesion); 1.0 when none is inside."""
+    grid = patch_grid(volume.geometry, seed)
     hu = extract_patch(volume, seed).astype(np.float64) * HU_SCALE - HU_OFFSET
     c = PATCH_SIZE // 2
     centre = hu[c - 2 : c + 3, c - 2 : c + 3, c - 2 : c + 3]
-    return float(np.median(centre)), float(np.mean(hu < -400.0))
+    # (x, y, z) index of each sample, samples in the patch's (z, y, x) order.
+    index = _sample_plan(volume.geometry, grid.start).index()
+    size = np.asarray(volume.geometry.size, dtype=np.float64)[:, None, None, None]
+    inside = np.all((index >= 0) & (index <= size - 1), axis=0)
+    air = float(np.mean(hu[inside] < -400.0)) if inside.any() else 1.0
+    return float(np.median(centre)), air
 
 
 def _pick_window(window: Any, air_fraction: float) -> tuple[str, float, float]:
@@ -455,11 +463,13 @@ def quality_control(
     say(f"{len(seeds)} lesions in {len(groups)} images -> {out_dir}")
     with Progress(len(seeds), enabled=progress, unit="lesions", min_total=1) as bar:
         for (path, series_uid), positions in groups.items():
+            volume, error = None, ""
             try:
-                volume = read_image(path, series_uid)
-                image, hu_min = _as_sitk(volume), float(np.min(volume.array))
+                if path:  # an empty path is the row's problem: nothing to read
+                    volume = read_image(path, series_uid)
+                    image, hu_min = _as_sitk(volume), float(np.min(volume.array))
             except ImageReadError as exc:
-                volume, error = None, str(exc).removeprefix(f"{path}: ")
+                error = str(exc).removeprefix(f"{path}: ")
             for pos in positions:
                 rec = seeds.iloc[pos]
                 label = table.index[pos]

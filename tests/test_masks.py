@@ -12,7 +12,7 @@ import SimpleITK as sitk
 from conftest import write_dicom_series, write_image
 
 from skfmcib import masks
-from skfmcib.extract import extract
+from skfmcib.extract import ExtractError, extract
 from skfmcib.masks import seeds_from_masks
 from skfmcib.table import RowError
 
@@ -274,3 +274,37 @@ def test_label_settings_are_checked(two_lesions):
         seeds_from_masks(table.assign(mask_label=[1.7]))
     with pytest.raises(RowError, match=r"mask holds no label 9$"):
         seeds_from_masks(table, label=9)  # no "(at least 1 voxels)"
+
+
+def test_a_rows_mask_label_and_the_label_for_every_row_must_agree(two_lesions, tmp_path):
+    path, _ = two_lesions
+    table = pd.DataFrame({"mask_path": [str(path)] * 3, "mask_label": [1, np.nan, 2]})
+    with pytest.raises(RowError, match=r"row 2 .*mask_label 2 differs from the label given"):
+        seeds_from_masks(table, label=1)
+    agreed = seeds_from_masks(table.iloc[:2], label=1)  # an empty cell takes the label
+    assert agreed["mask_label"].tolist() == [1, 1]
+    mixed = pd.DataFrame({"mask_path": [str(path)] * 2, "mask_label": ["", 2]})
+    assert seeds_from_masks(mixed)["mask_label"].tolist() == [1, 1, 2, 2]
+    csv = tmp_path / "masks.csv"
+    table.to_csv(csv, index=False)
+    from skfmcib.cli import main
+
+    assert main(["qc", str(csv), "-o", str(tmp_path / "qc"), "--mask-label", "1"]) == 2
+    with pytest.raises(SystemExit):  # refused by the parser, before any work
+        main(["qc", str(csv), "-o", str(tmp_path / "qc2"), "--mask-label", "0"])
+    assert not (tmp_path / "qc2").exists()
+
+
+def test_empty_coordinate_columns_beside_masks_seed_from_the_masks(tmp_path, mask_table):
+    blank = mask_table.assign(coordX=np.nan, coordY="", coordZ=None)
+    summary = extract(blank, tmp_path / "f.csv", transformer=_tiny(), image_root=tmp_path)
+    plain = extract(mask_table, tmp_path / "g.csv", transformer=_tiny(), image_root=tmp_path)
+    a, b = pd.read_csv(summary.out), pd.read_csv(plain.out)
+    np.testing.assert_array_equal(_features(a), _features(b))
+    np.testing.assert_array_equal(
+        a[["coordX", "coordY", "coordZ"]], b[["coordX", "coordY", "coordZ"]]
+    )
+    some = pd.concat([mask_table.assign(coordX=1.0, coordY=2.0, coordZ=3.0), blank])
+    some.index = ["a", "b"]
+    with pytest.raises(ExtractError, match=r"row\(s\) b give a mask_path and no coordinates"):
+        extract(some, tmp_path / "h.csv", transformer=_tiny(), image_root=tmp_path)

@@ -82,8 +82,31 @@ def test_box_is_the_patch_grid_of_the_seed(monkeypatch, tmp_path):
     geom = Geometry((60, 60, 30), np.zeros(3), np.array([1.0, 1.0, 2.0]), np.eye(3))
     vol = Volume(np.full((30, 60, 60), -1000, dtype=np.int16), geom)
     info = qc.render_lesion(vol, [30.0, 31.0, 32.0], tmp_path / "a.png", window=(40, 400))
-    assert calls == [[30.0, 31.0, 32.0]] and info["window"] == "custom"
+    assert calls and all(c == [30.0, 31.0, 32.0] for c in calls) and info["window"] == "custom"
     assert (tmp_path / "a.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("z", [30.0, 12.0, 3.0])
+def test_auto_window_ignores_the_fill_beyond_the_scan(tmp_path, z):
+    from skfmcib.io import Geometry, Volume
+
+    hu = np.full((60, 100, 100), 40, dtype=np.int16)  # soft tissue, the scan 60 mm deep
+    hu[:, :5, :] = -1000
+    vol = Volume(hu, Geometry((100, 100, 60), np.zeros(3), np.ones(3), np.eye(3)))
+    assert qc.render_lesion(vol, [50.0, 50.0, z], tmp_path / "a.png")["window"] == "soft"
+    hu[:, :, :50] = -900  # half of it aerated lung: the lung window
+    assert qc.render_lesion(vol, [50.0, 50.0, z], tmp_path / "b.png")["window"] == "lung"
+
+
+def test_an_empty_image_path_is_the_rows_error_and_nothing_is_read(phantom, tmp_path, monkeypatch):
+    read = []
+    real = qc.read_image
+    monkeypatch.setattr(qc, "read_image", lambda *a: read.append(a) or real(*a))
+    table = pd.read_csv(phantom / "seeds.csv").iloc[:2]
+    table["image_path"] = [str(phantom / table["image_path"][0]), ""]
+    summary = qc.quality_control(table, tmp_path / "qc")
+    assert summary.table["error"].tolist() == ["", "image_path is empty"]
+    assert [a[0] for a in read] == [table["image_path"][0]]
 
 
 def test_cli_exit_status(phantom, tmp_path, capsys):

@@ -6,11 +6,12 @@ Each module defines ``add_parser(subparsers)``, which adds its parser and sets
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Mapping
 
 from .._text import counted
 
-__all__ = ["FLAGS", "as_flags", "counted"]
+__all__ = ["FLAGS", "as_flags", "counted", "positive_int"]
 
 # Options as the library's messages name them, and the flags that set them.
 FLAGS = {
@@ -18,6 +19,7 @@ FLAGS = {
     "coordinate_system='LPS'": "--coordinate-system LPS",
     "weights=<path to the file>": "--weights <path to the file>",
     "pass cache_dir": "pass --cache-dir",
+    "the label given for every row": "--mask-label",
 }
 
 
@@ -45,3 +47,21 @@ def as_flags(message: str, flags: Mapping[str, str] = FLAGS) -> str:
     for python, flag in flags.items():
         message = message.replace(python, flag)
     return message
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1.
+
+    Examples
+    --------
+    >>> from skfmcib.commands import positive_int
+    >>> positive_int("3")
+    3
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value

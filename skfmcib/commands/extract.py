@@ -22,7 +22,7 @@ from ..extract import (
 )
 from ..io import ImageReadError
 from ..table import RowError
-from . import as_flags, counted
+from . import as_flags, counted, positive_int
 
 
 def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
@@ -146,7 +146,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--mask-label",
-        type=int,
+        type=positive_int,
         default=None,
         help="with mask_path tables: seed at the centroid of this label value "
         "(default: one seed per connected lesion of every label)",

@@ -13,7 +13,7 @@ from ..extract import ExtractError
 from ..io import ImageReadError
 from ..qc import WINDOWS, quality_control
 from ..table import RowError
-from . import as_flags, counted
+from . import as_flags, counted, positive_int
 
 
 def _window(text: str):
@@ -56,8 +56,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "bone, or LEVEL/WIDTH in HU (write --window=-600/1500: the value starts with -)",
     )
     p.add_argument("--image-root", default=None, help="folder of relative image paths")
-    p.add_argument("--mask-label", type=int, default=None, help="see skfmcib extract")
-    p.add_argument("--dpi", type=int, default=72, help="picture resolution (72)")
+    p.add_argument("--mask-label", type=positive_int, default=None, help="see skfmcib extract")
+    p.add_argument("--dpi", type=positive_int, default=72, help="picture resolution (72)")
     prog = p.add_mutually_exclusive_group()
     prog.add_argument("--progress", dest="progress", action="store_true", default="auto")
     prog.add_argument("--no-progress", dest="progress", action="store_false")
