@@ -59,7 +59,7 @@ def _read_dicom_seg(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if volume is None:
         raise ImageReadError(f"{path}: DICOM SEG frames do not form a regular 3D volume")
     # highdicom volumes are (slices, rows, columns) with an affine from that index
-    # order to the LPS frame of reference; turn it into (x, y, z) index order.
+    # order to the LPS frame of reference: the array and affine are used as they are.
     array = np.asarray(volume.array)
     affine = np.asarray(volume.affine, dtype=np.float64)
     return array, affine
@@ -76,8 +76,9 @@ def read_label_image(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 
     Returns
     -------
-    labels : ndarray of int64
-        The label values, in the array order of the file.
+    labels : ndarray of integers
+        The label values, in the array order of the file, in the file's integer type
+        (``uint8`` for a boolean mask, ``int64`` for whole numbers stored as floats).
     affine : ndarray of shape (4, 4)
         Maps an array index (in the order of ``labels``' axes) to LPS millimetres.
 
@@ -124,7 +125,11 @@ def read_label_image(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
             f"{path}: a label image holds labels 0, 1, 2, ...; this one has values down to "
             f"{lowest:g} (the CT itself rather than its segmentation?)"
         )
-    return array.astype(np.int64, copy=False), affine
+    if array.dtype == bool:
+        return array.view(np.uint8), affine
+    if np.issubdtype(array.dtype, np.floating):
+        return array.astype(np.int64), affine
+    return array, affine  # the file's own integer type: no copy
 
 
 def _dicom_modality(path: Path) -> str:
@@ -139,23 +144,39 @@ def _dicom_modality(path: Path) -> str:
     return reader.GetMetaData("0008|0060").strip() if reader.HasMetaDataKey("0008|0060") else ""
 
 
+# Above this label value, the labels present are listed with np.unique (one list entry
+# per possible value would be too many); below, one pass finds every label's box.
+_MAX_BOXED_LABEL = 65535
+
+
+def _label_boxes(labels: np.ndarray) -> list[tuple[int, tuple]]:
+    """``(value, bounding box)`` of each non-zero label value present, in value order."""
+    from scipy import ndimage
+
+    if labels.size == 0:
+        return []
+    top = int(labels.max())
+    if top <= _MAX_BOXED_LABEL:
+        boxes = ndimage.find_objects(labels)  # one pass over the volume for all labels
+        return [(v, box) for v, box in enumerate(boxes, start=1) if box is not None]
+    whole = tuple(slice(0, n) for n in labels.shape)
+    return [(int(v), whole) for v in np.unique(labels) if v != 0]
+
+
 def _components(labels: np.ndarray, label: int | None, connectivity: int):
     """Yield ``(label value, component number, voxel index array (n, ndim))``."""
     from scipy import ndimage
 
+    if label is not None:
+        yield label, 1, np.argwhere(labels == label)
+        return
     structure = ndimage.generate_binary_structure(labels.ndim, _CONNECTIVITY[connectivity])
-    values = [label] if label is not None else [int(v) for v in np.unique(labels) if v != 0]
-    for value in values:
-        binary = labels == value
-        if label is not None:
-            yield value, 1, np.argwhere(binary)
-            continue
-        lab, n = ndimage.label(binary, structure=structure)
-        if n == 0:
-            continue
-        objects = ndimage.find_objects(lab)
-        for k, sl in enumerate(objects, start=1):
-            offset = np.array([s.start for s in sl])
+    for value, box in _label_boxes(labels):
+        # Each label is labelled within its own box, not over the whole volume.
+        lab, n = ndimage.label(labels[box] == value, structure=structure)
+        corner = np.array([s.start for s in box])
+        for k, sl in enumerate(ndimage.find_objects(lab, n), start=1):
+            offset = corner + [s.start for s in sl]
             yield value, k, np.argwhere(lab[sl] == k) + offset
 
 

@@ -308,3 +308,30 @@ def test_empty_coordinate_columns_beside_masks_seed_from_the_masks(tmp_path, mas
     some.index = ["a", "b"]
     with pytest.raises(ExtractError, match=r"row\(s\) b give a mask_path and no coordinates"):
         extract(some, tmp_path / "h.csv", transformer=_tiny(), image_root=tmp_path)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.uint32, np.float32])
+def test_label_images_of_any_type_give_the_same_lesions(tmp_path, dtype):
+    boxes = {
+        "first": (slice(2, 6), slice(3, 8), slice(4, 9)),
+        "other": (slice(10, 12), slice(5, 8), slice(20, 22)),
+        "second": (slice(12, 15), slice(20, 26), slice(30, 33)),
+    }
+    a = np.zeros((20, 30, 40), dtype=np.int64)
+    a[boxes["first"]] = a[boxes["second"]] = 1
+    other = 70_000 if dtype == np.uint32 else 2  # above the boxed range: listed by value
+    a[boxes["other"]] = other
+    path = write_image(tmp_path / "m.nrrd", a.astype(dtype), spacing=(0.7, 0.8, 2.5))
+    labels, _ = masks.read_label_image(path)
+    assert labels.dtype == (np.int64 if dtype == np.float32 else dtype)  # no copy to int64
+    seeds = seeds_from_masks(pd.DataFrame({"mask_path": [str(path)]}))
+    assert seeds["mask_label"].tolist() == [1, 1, other]
+    assert seeds["mask_component"].tolist() == [1, 2, 1]
+    expected = []
+    for name in ("first", "second", "other"):
+        inside = np.zeros(a.shape, dtype=bool)
+        inside[boxes[name]] = True
+        expected.append(lps_centroid(path, None, np.argwhere(inside)))
+    np.testing.assert_allclose(
+        seeds[["coordX", "coordY", "coordZ"]].to_numpy(), expected, atol=1e-6
+    )
