@@ -481,9 +481,12 @@ def _download(
             part.unlink(missing_ok=True)
             continue
         got = part.stat().st_size
-        if total is not None and got != total:
+        # The server's length, else the registered size (a server may send none, and
+        # then a connection that drops looks like the end of the file).
+        expected = total if total is not None else record.size
+        if (expected is not None and got < expected) or (total is not None and got != total):
             raise WeightsDownloadError(
-                f"The download of {record.url} stopped at {got} of {total} bytes. Call "
+                f"The download of {record.url} stopped at {got} of {expected} bytes. Call "
                 f"again to resume from {part}.\n{_manual_hint(record, target)}"
             )
         return
@@ -526,7 +529,9 @@ def fetch_weights(
     ``urllib`` into ``<file>.part`` (resuming a previous partial download with an HTTP
     ``Range`` request; a server that ignores it is read from the start again), checked
     against the registered size and md5 (read from the record's API, ``api_url``, when
-    they are not pinned), and moved into place atomically. Concurrent
+    they are not pinned), and moved into place atomically. A resumed file that fails the
+    check is downloaded once more from the start; a record with neither size nor md5
+    never resumes (nothing could tell a stale partial file from the right one). Concurrent
     calls from several processes download it once (POSIX file lock).
 
     Parameters
@@ -590,8 +595,20 @@ def fetch_weights(
         if target.is_file() and _size_ok(target, record.size):
             return target  # another process finished it while we waited
         record = _published_checksums(record, target, timeout)
+        resumed = part.is_file() and part.stat().st_size > 0
+        if resumed and record.size is None and record.md5 is None:
+            part.unlink()  # nothing to check a resumed file against: start over
+            resumed = False
         _download(record, part, target, progress=progress, timeout=timeout)
-        _verify(record, part, target)
+        try:
+            _verify(record, part, target)
+        except WeightsChecksumError:
+            if not resumed:
+                raise
+            # The partial file kept from before was not the start of this file (another
+            # version, or another server's): once more from the start.
+            _download(record, part, target, progress=progress, timeout=timeout)
+            _verify(record, part, target)
         os.replace(part, target)
     return target
 
@@ -747,7 +764,11 @@ def _torch_load(path: Path) -> Any:
     # mmap needs the zip format of torch.save (the default since torch 1.6).
     use_mmap = zipfile.is_zipfile(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=use_mmap)
+        with warnings.catch_warnings():
+            # torch warns of a pickle protocol it did not write, then fails or not: the
+            # failure says what is wrong, in one line.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=use_mmap)
     except OSError:
         raise
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
@@ -792,6 +813,11 @@ def _what_it_is(path: Path) -> str:
         return "a web page, not a checkpoint: a download that returned an error page?"
     if len(head) > 9 and head[8:10] == b'{"':
         return "it looks like a safetensors file: give it the .safetensors suffix"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x03", b"\x04", b"\x05"):
+        return (
+            "a plain Python pickle, not a file written by torch.save: re-save its tensors "
+            "with torch.save or skfmcib.weights.save_checkpoint"
+        )
     return "corrupt, truncated, or not written by torch.save"
 
 

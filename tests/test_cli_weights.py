@@ -51,6 +51,7 @@ def test_path_and_offline_fetch(tmp_path, capsys, monkeypatch):
     assert main(["weights", "fetch", "--cache-dir", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "by hand" in err and str(tmp_path / "fmcib" / "model_weights.torch") in err
+    assert "skfmcib extract --weights <path to the file>" in err  # fetch has no --weights
 
 
 def test_info_never_downloads_and_says_how_to(tmp_path, capsys, monkeypatch):

@@ -58,8 +58,10 @@ class _Server:
         ranges: bool = True,
         truncate_at: int | None = None,
         status: int | None = None,
+        length: bool = True,
     ) -> None:
         self.data, self.ranges, self.truncate_at, self.status = data, ranges, truncate_at, status
+        self.length = length  # send Content-Length (else the end is where it hangs up)
         self.requests: list[str | None] = []  # the Range header of each request
         outer = self
 
@@ -88,7 +90,8 @@ class _Server:
                 else:
                     self.send_response(200)
                 body = data[start:]
-                self.send_header("Content-Length", str(len(body)))
+                if outer.length:
+                    self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 if outer.truncate_at is not None:
                     body = body[: outer.truncate_at]  # then hang up early
@@ -223,6 +226,32 @@ def test_interrupted_download_keeps_the_part_and_resumes(serve, tmp_path):
     path = fetch_weights(record, cache_dir=tmp_path, url=good.url, progress=False)
     assert good.requests == ["bytes=1234-"]
     assert path.read_bytes() == PAYLOAD
+
+
+def test_a_cut_download_without_length_is_kept_and_resumed_when_the_size_is_known(serve, tmp_path):
+    broken = serve(truncate_at=1234, length=False)
+    record = _record(broken.url)
+    with pytest.raises(WeightsDownloadError, match=r"stopped at 1234 of \d+ bytes"):
+        fetch_weights(record, cache_dir=tmp_path, progress=False)
+    assert (tmp_path / "testw" / "w.torch.part").stat().st_size == 1234
+    good = serve(length=False)
+    path = fetch_weights(record, cache_dir=tmp_path, url=good.url, progress=False)
+    assert good.requests == ["bytes=1234-"] and path.read_bytes() == PAYLOAD
+
+
+def test_a_stale_partial_file_is_downloaded_again_from_the_start(serve, tmp_path):
+    server = serve()
+    part = tmp_path / "testw" / "w.torch.part"
+    part.parent.mkdir()
+    part.write_bytes(b"x" * 1000)  # another file's start: resuming gives a wrong md5
+    path = fetch_weights(_record(server.url), cache_dir=tmp_path, progress=False)
+    assert server.requests == ["bytes=1000-", None] and path.read_bytes() == PAYLOAD
+    # With nothing to check it against, a partial file is never resumed.
+    part.write_bytes(b"x" * 1000)
+    unchecked = _record(server.url, size=None, md5=None)
+    path.unlink()
+    assert fetch_weights(unchecked, cache_dir=tmp_path, progress=False).read_bytes() == PAYLOAD
+    assert server.requests[2:] == [None]
 
 
 def test_md5_mismatch_deletes_the_download_and_raises(serve, tmp_path):
@@ -563,13 +592,16 @@ def test_blocked_modules_are_named_and_loading_unsafely_is_never_advised(tmp_pat
     [
         (b"<!DOCTYPE html><html><body>Not Found</body></html>", "a web page"),
         (b"", "the file is empty"),
+        (pickle.dumps({"conv1.weight": [1.0]}, protocol=4), "a plain Python pickle"),
     ],
 )
 def test_files_that_are_not_checkpoints_say_what_they_look_like(tmp_path, content, says):
     path = tmp_path / "model.torch"
     path.write_bytes(content)
-    with pytest.raises(CheckpointError, match="not a readable torch checkpoint") as excinfo:
-        read_checkpoint(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the error says it all: no warning of torch's
+        with pytest.raises(CheckpointError, match="not a readable torch checkpoint") as excinfo:
+            read_checkpoint(path)
     assert says in str(excinfo.value) and "weights_only" not in str(excinfo.value)
 
 

@@ -15,7 +15,7 @@ from ..weights import (
     fetch_weights,
     load_encoder,
 )
-from . import as_flags
+from . import FLAGS, as_flags
 
 
 def add_parser(subparsers) -> None:
@@ -42,11 +42,19 @@ def add_parser(subparsers) -> None:
     info.set_defaults(func=_info)
 
 
+# fetch has no --weights: the path goes to the commands that encode.
+_FETCH_FLAGS = {
+    "pass weights=<path to the file> instead of the registered name": "give the file's path "
+    "to the commands that encode instead (skfmcib extract --weights <path to the file>)",
+    **FLAGS,
+}
+
+
 def _fetch(args: argparse.Namespace) -> int:
     try:
         print(fetch_weights("fmcib", cache_dir=args.cache_dir))
     except WeightsDownloadError as exc:
-        print(f"skfmcib weights fetch: {as_flags(str(exc))}", file=sys.stderr)
+        print(f"skfmcib weights fetch: {as_flags(str(exc), _FETCH_FLAGS)}", file=sys.stderr)
         return 1
     return 0
 
