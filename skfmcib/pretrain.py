@@ -15,8 +15,10 @@ parameters excluded) with a linear warmup and a cosine schedule.
 encoder's ``trunk_state_dict`` and ``encoder_config`` (so
 ``FMCIBTransformer(weights=path)`` and :func:`skfmcib.weights.load_encoder`
 read it with no further arguments) plus, under ``pretraining``, everything
-needed to resume exactly: projection head, optimiser, random-generator state,
-epoch and history. Launched with ``torchrun``, it trains data-parallel (DDP,
+needed to resume exactly: projection head, optimiser, run settings, epoch and
+history (no generator state is needed: each epoch's shuffling, negatives and
+augmentations are drawn from generators seeded by seed, process rank and epoch).
+Launched with ``torchrun``, it trains data-parallel (DDP,
 synchronised batch norm on GPUs, a distributed sampler, embeddings gathered
 from all processes for the loss).
 """
@@ -392,7 +394,10 @@ class SeedPairDataset(Dataset):
     random point of the same scan that lies in the body (at least ``body_hu``)
     and at least ``min_distance`` mm from the seed. The random point depends
     only on ``(seed, epoch, i)``, so any worker, process or resumed run draws the
-    same negatives.
+    same negatives. Of 256 random voxels, the first that meets both rules is taken;
+    when none does (a scan little larger than the patch, or with little body), the
+    body voxel farthest from the seed, else the farthest voxel: such a negative may
+    then be closer than ``min_distance`` and overlap the positive.
 
     Parameters
     ----------
@@ -737,19 +742,21 @@ def pretrain(
         raise ValueError(f"{out}: cannot create the folder {out.parent} ({exc})") from exc
     if not os.access(out.parent, os.W_OK | os.X_OK):
         raise ValueError(f"{out}: cannot write in the folder {out.parent}")
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if epochs_this_run is not None and epochs_this_run < 1:
-        raise ValueError(f"epochs_this_run must be a positive integer, got {epochs_this_run!r}")
-    if not isinstance(num_workers, (int, np.integer)) or num_workers < 0:
-        raise ValueError(f"num_workers must be 0 or a positive integer, got {num_workers!r}")
-    if lr is not None and not lr >= 0:
-        raise ValueError(f"lr must be 0 or positive, got {lr!r}")
+    _check_settings(
+        epochs=epochs,
+        batch_size=batch_size,
+        epochs_this_run=epochs_this_run,
+        num_workers=num_workers,
+        volume_cache=volume_cache,
+        random_state=random_state,
+        lr=lr,
+        warmup_epochs=warmup_epochs,
+        temperature=temperature,
+        weight_decay=weight_decay,
+        momentum=momentum,
+    )
     if loss not in ("ntxent", "mined"):
         raise ValueError(f"loss must be 'ntxent' or 'mined', got {loss!r}")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be positive, got {temperature!r}")
     runtime.check_precision(precision)
 
     ddp, device = _setup_distributed(device)
@@ -782,6 +789,46 @@ def pretrain(
     finally:
         if ddp.owns_group:
             dist.destroy_process_group()
+
+
+def _is_whole(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_real(value: Any) -> bool:
+    return _is_whole(value) or (isinstance(value, (float, np.floating)) and math.isfinite(value))
+
+
+def _check_settings(**values: Any) -> None:
+    """Refuse a setting outside its range, naming it (None: the default, where allowed)."""
+    whole = {
+        "epochs": 1,
+        "batch_size": 1,
+        "epochs_this_run": 1,
+        "num_workers": 0,
+        "volume_cache": 1,
+        "random_state": 0,
+    }
+    for name, low in whole.items():
+        value = values[name]
+        if value is None and name in ("epochs_this_run", "random_state"):
+            continue
+        if not _is_whole(value) or value < low:
+            what = "a positive integer" if low == 1 else "0 or a positive integer"
+            raise ValueError(f"{name} must be {what}, got {value!r}")
+    for name, positive in (("lr", False), ("warmup_epochs", False), ("temperature", True)):
+        value = values[name]
+        if value is None and name != "temperature":
+            continue
+        if not _is_real(value) or value < 0 or (positive and value == 0):
+            what = "a positive number" if positive else "0 or a positive number"
+            raise ValueError(f"{name} must be {what}, got {value!r}")
+    if not _is_real(values["weight_decay"]) or values["weight_decay"] < 0:
+        raise ValueError(
+            f"weight_decay must be 0 or a positive number, got {values['weight_decay']!r}"
+        )
+    if not _is_real(values["momentum"]) or not 0 <= values["momentum"] < 1:
+        raise ValueError(f"momentum must be in [0, 1), got {values['momentum']!r}")
 
 
 def _pretrain(table, out, ddp, device, say, **kw) -> Path:

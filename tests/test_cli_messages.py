@@ -158,6 +158,10 @@ def test_an_interrupt_or_a_closed_pipe_ends_a_command_without_a_traceback(
         (["--num-workers", "-1"], "--num-workers must"),
         (["--lr", "-1"], "--lr must"),
         (["--batch-size", "0"], "--batch-size must"),
+        (["--warmup-epochs", "-1"], "--warmup-epochs must be 0 or a positive number"),
+        (["--temperature", "nan"], "--temperature must be a positive number"),
+        (["--seed", "-1"], "--seed must be 0 or a positive integer"),
+        (["--volume-cache", "0"], "--volume-cache must"),
     ],
 )
 def test_pretrain_names_its_flags_in_refused_values(one_lesion, tmp_path, capsys, flags, named):

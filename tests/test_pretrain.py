@@ -172,6 +172,27 @@ def test_pairs_are_the_seed_patch_and_a_distant_body_patch(seeds):
     assert not np.array_equal(pairs.negative_point(volume, 1), point)
 
 
+@pytest.mark.parametrize(
+    ("setting", "says"),
+    [
+        ({"warmup_epochs": -1}, "warmup_epochs must be 0 or a positive number, got -1"),
+        ({"epochs_this_run": 1.5}, "epochs_this_run must be a positive integer, got 1.5"),
+        ({"temperature": float("nan")}, "temperature must be a positive number, got nan"),
+        ({"random_state": -1}, "random_state must be 0 or a positive integer, got -1"),
+        ({"random_state": 0.7}, "random_state must be 0 or a positive integer, got 0.7"),
+        ({"random_state": np.random.RandomState(0)}, "random_state must be 0 or a positive"),
+        ({"lr": float("inf")}, "lr must be 0 or a positive number, got inf"),
+        ({"momentum": 1.0}, r"momentum must be in \[0, 1\), got 1.0"),
+        ({"weight_decay": -1e-6}, "weight_decay must be 0 or a positive number"),
+        ({"volume_cache": 0}, "volume_cache must be a positive integer, got 0"),
+    ],
+)
+def test_settings_out_of_range_are_refused_before_any_work(seeds, tmp_path, setting, says):
+    with pytest.raises(ValueError, match=says):
+        pretrain(seeds, tmp_path / "ssl.pt", epochs=1, batch_size=2, **setting)
+    assert not (tmp_path / "ssl.pt").exists()
+
+
 def test_seed_outside_the_scan_is_reported(seeds):
     bad = seeds.assign(coordX=-seeds["coordX"])
     with pytest.raises(ValueError, match="outside the scan.*RAS"):

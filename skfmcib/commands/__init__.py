@@ -7,6 +7,7 @@ Each module defines ``add_parser(subparsers)``, which adds its parser and sets
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Mapping
 
 from .._text import counted
@@ -44,9 +45,12 @@ def as_flags(message: str, flags: Mapping[str, str] = FLAGS) -> str:
     >>> as_flags("if the coordinates are RAS, use coordinate_system='RAS'")
     'if the coordinates are RAS, use --coordinate-system RAS'
     """
-    for python, flag in flags.items():
-        message = message.replace(python, flag)
-    return message
+    if not flags:
+        return message
+    # One pass, longest spelling first: a flag put in is never read again, and
+    # "warmup_epochs must" is not taken for "epochs must".
+    pattern = "|".join(re.escape(k) for k in sorted(flags, key=len, reverse=True))
+    return re.sub(pattern, lambda m: flags[m.group(0)], message)
 
 
 def positive_int(text: str) -> int:

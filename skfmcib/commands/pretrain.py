@@ -29,7 +29,10 @@ PRETRAIN_FLAGS = {
     "weights=<path to the file>": "--init-weights <path to the file>",
     # Parameter checks, by the flags that set the parameters.
     "epochs_this_run must": "--epochs-this-run must",
+    "warmup_epochs must": "--warmup-epochs must",
     "epochs must": "--epochs must",
+    "volume_cache must": "--volume-cache must",
+    "random_state must": "--seed must",
     "batch_size must": "--batch-size must",
     "num_workers must": "--num-workers must",
     "lr must": "--lr must",
