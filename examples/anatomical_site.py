@@ -14,21 +14,21 @@ for a randomly initialised encoder that runs offline; or a checkpoint path) and
 ``SKFMCIB_QUICK=1`` (everything tiny, to check that the script runs).
 """
 
-import os
 import tempfile
 from pathlib import Path
 
 import pandas as pd
+from _encoder import QUICK, example_encoder
 from sklearn.metrics import confusion_matrix
 
-from skfmcib import FMCIBTransformer
 from skfmcib.datasets import make_lesion_cohort
 from skfmcib.radiomics import RadiomicsTransformer
 from skfmcib.tasks import evaluate_site, site_pipeline
 
-QUICK = os.environ.get("SKFMCIB_QUICK") == "1"
-WEIGHTS = os.environ.get("SKFMCIB_WEIGHTS", "fmcib")
 workdir = Path(tempfile.mkdtemp(prefix="skfmcib_site_"))
+
+# The encoder first: its weights are resolved (downloaded once) before any work.
+fmcib = example_encoder()
 
 quick_cohort = dict(spacing=(1.5, 1.5, 3.0)) if QUICK else {}  # coarse voxels: fast
 cohort = make_lesion_cohort(
@@ -36,11 +36,6 @@ cohort = make_lesion_cohort(
 )
 print(cohort["site"].value_counts().to_string(), "\n")
 
-if QUICK or WEIGHTS == "random":
-    arch = {"arch": "resnet10", "widen_factor": 0.25} if QUICK else None
-    fmcib = FMCIBTransformer(weights=None, arch=arch, random_state=0)
-else:
-    fmcib = FMCIBTransformer(weights=WEIGHTS)
 fmcib.set_params(memory=workdir / "features")  # encode each lesion once
 
 for name, step in {"FMCIB": fmcib, "radiomics": RadiomicsTransformer()}.items():

@@ -16,6 +16,7 @@ runs in seconds.
 """
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -24,9 +25,22 @@ from sklearn.model_selection import GroupShuffleSplit
 
 from skfmcib.datasets import make_lesion_cohort
 from skfmcib.finetune import FMCIBClassifier
+from skfmcib.weights import REGISTRY, WeightsDownloadError, fetch_weights
 
 QUICK = os.environ.get("SKFMCIB_QUICK") == "1"
+WEIGHTS = os.environ.get("SKFMCIB_WEIGHTS", "fmcib")
 workdir = Path(tempfile.mkdtemp(prefix="skfmcib_finetune_"))
+
+# The weights first (downloaded once): offline, this fails in seconds, not after the cohort.
+if not QUICK and WEIGHTS in REGISTRY:
+    try:
+        fetch_weights(WEIGHTS)
+    except WeightsDownloadError as exc:
+        sys.exit(
+            f"{exc}\n\nThe official FMCIB weights could not be downloaded. Set "
+            "SKFMCIB_WEIGHTS=/path/to/model_weights.torch to start from a file downloaded by "
+            "hand, or SKFMCIB_QUICK=1 to check the script offline with a tiny random encoder."
+        )
 
 # 1. A lesion table: image path, seed point (LPS mm) and a label per lesion.
 quick_cohort = dict(spacing=(1.6, 1.6, 3.0)) if QUICK else {}  # coarse voxels: fast
@@ -43,7 +57,7 @@ if QUICK:
     settings = dict(weights=None, arch={"arch": "resnet10", "widen_factor": 0.125})
     settings.update(max_epochs=2, batch_size=4, lr=1e-3, device="cpu")
 else:
-    settings = dict(weights=os.environ.get("SKFMCIB_WEIGHTS", "fmcib"))
+    settings = dict(weights=WEIGHTS)
     settings.update(max_epochs=30, batch_size=16, lr=1e-4, warmup_epochs=1)
 clf = FMCIBClassifier(
     **settings,

@@ -18,31 +18,27 @@ for a randomly initialised encoder that runs offline; or a checkpoint path) and
 ``SKFMCIB_QUICK=1`` (everything tiny, to check that the script runs).
 """
 
-import os
 import tempfile
 from pathlib import Path
 
-from skfmcib import FMCIBTransformer
+from _encoder import QUICK, example_encoder
+
 from skfmcib.datasets import make_lesion_cohort
 from skfmcib.evaluation import label_efficiency_curve
 from skfmcib.plotting import plot_label_efficiency
 from skfmcib.radiomics import RadiomicsTransformer
 from skfmcib.tasks import malignancy_pipeline
 
-QUICK = os.environ.get("SKFMCIB_QUICK") == "1"
-WEIGHTS = os.environ.get("SKFMCIB_WEIGHTS", "fmcib")
 workdir = Path(tempfile.mkdtemp(prefix="skfmcib_label_efficiency_"))
+
+# The encoder first: its weights are resolved (downloaded once) before any work.
+fmcib = example_encoder()
 
 quick_cohort = dict(spacing=(1.5, 1.5, 3.0)) if QUICK else {}  # coarse voxels: fast
 cohort = make_lesion_cohort(
     40 if QUICK else 200, workdir / "cohort", random_state=0, **quick_cohort
 )
 
-if QUICK or WEIGHTS == "random":
-    arch = {"arch": "resnet10", "widen_factor": 0.25} if QUICK else None
-    fmcib = FMCIBTransformer(weights=None, arch=arch, random_state=0)
-else:
-    fmcib = FMCIBTransformer(weights=WEIGHTS)
 
 # Features once per lesion.
 features = {

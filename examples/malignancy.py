@@ -16,19 +16,20 @@ say nothing about FMCIB), ``SKFMCIB_WEIGHTS=/path/to/checkpoint`` another checkp
 ``SKFMCIB_QUICK=1`` makes everything tiny, to check that the script runs.
 """
 
-import os
 import tempfile
 from pathlib import Path
 
-from skfmcib import FMCIBTransformer
+from _encoder import QUICK, example_encoder
+
 from skfmcib.datasets import make_lesion_cohort
 from skfmcib.plotting import plot_roc
 from skfmcib.radiomics import RadiomicsTransformer
 from skfmcib.tasks import compare_results, evaluate_malignancy, malignancy_pipeline
 
-QUICK = os.environ.get("SKFMCIB_QUICK") == "1"
-WEIGHTS = os.environ.get("SKFMCIB_WEIGHTS", "fmcib")
 workdir = Path(tempfile.mkdtemp(prefix="skfmcib_malignancy_"))
+
+# The encoder first: its weights are resolved (downloaded once) before any work.
+fmcib = example_encoder()
 
 # 1. A lesion table: image path, seed point (LPS mm), patient and labels per lesion.
 quick_cohort = dict(spacing=(1.5, 1.5, 3.0)) if QUICK else {}  # coarse voxels: fast
@@ -38,11 +39,6 @@ cohort = make_lesion_cohort(
 
 # 2. The feature steps. memory= caches each lesion's features, so the refits of
 #    cross-validation encode every lesion only once.
-if QUICK or WEIGHTS == "random":
-    arch = {"arch": "resnet10", "widen_factor": 0.25} if QUICK else None
-    fmcib = FMCIBTransformer(weights=None, arch=arch, random_state=0)
-else:
-    fmcib = FMCIBTransformer(weights=WEIGHTS)
 fmcib.set_params(memory=workdir / "features")
 features = {"FMCIB": fmcib, "radiomics": RadiomicsTransformer()}
 

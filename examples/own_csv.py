@@ -21,18 +21,14 @@ for a randomly initialised encoder that runs offline; or a checkpoint path) and
 """
 
 import argparse
-import os
 import tempfile
 from pathlib import Path
 
 import pandas as pd
+from _encoder import QUICK, example_encoder
 
-from skfmcib import FMCIBTransformer
 from skfmcib.datasets import make_lesion_cohort, read_reference_csv
 from skfmcib.tasks import evaluate_malignancy, malignancy_pipeline
-
-QUICK = os.environ.get("SKFMCIB_QUICK") == "1"
-WEIGHTS = os.environ.get("SKFMCIB_WEIGHTS", "fmcib")
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("csv", nargs="?", help="lesion table (default: a generated cohort)")
@@ -41,6 +37,9 @@ parser.add_argument("--patient", default=None, help="patient column (folds keep 
 parser.add_argument("--ras", action="store_true", help="coordinates are RAS, not LPS")
 parser.add_argument("--out", default="features.csv", help="where to write the features")
 args = parser.parse_args()
+
+# The encoder first: its weights are resolved (downloaded once) before any work.
+fmcib = example_encoder()
 
 if args.csv is None:  # stand-in: a generated cohort writes cohort.csv in the same format
     folder = Path(tempfile.mkdtemp(prefix="skfmcib_own_csv_"))
@@ -53,11 +52,6 @@ table = read_reference_csv(args.csv)
 print(f"{len(table)} lesions in {table['image_path'].nunique()} images from {args.csv}")
 
 # 2. Features as a DataFrame (set_output), one row per lesion, saved beside the table.
-if QUICK or WEIGHTS == "random":
-    arch = {"arch": "resnet10", "widen_factor": 0.25} if QUICK else None
-    fmcib = FMCIBTransformer(weights=None, arch=arch, random_state=0)
-else:
-    fmcib = FMCIBTransformer(weights=WEIGHTS)
 fmcib.set_params(coordinate_system="RAS" if args.ras else "LPS", on_error="nan")
 features = fmcib.set_output(transform="pandas").fit_transform(table)
 features.index = table.index

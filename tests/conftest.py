@@ -37,17 +37,17 @@ def shared_data() -> Path:
     return d
 
 
+def run_python(args: list[str], cwd: Path, env: dict, timeout: float = 300):
+    """Run a fresh interpreter with ``args`` in ``cwd``; the completed process (text)."""
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd
+    )
+
+
 def run_example(script: str, tmp_path: Path, *python_args: str) -> str:
     """Run ``examples/<script>`` in its quick mode in a fresh interpreter; its stdout."""
     env = {**os.environ, "SKFMCIB_QUICK": "1", "TMPDIR": str(tmp_path), "MPLBACKEND": "Agg"}
-    proc = subprocess.run(
-        [sys.executable, *python_args, str(REPO / "examples" / script)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=tmp_path,
-    )
+    proc = run_python([*python_args, str(REPO / "examples" / script)], tmp_path, env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
