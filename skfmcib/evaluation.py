@@ -24,7 +24,9 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from numbers import Integral, Real
 
 import numpy as np
@@ -32,6 +34,7 @@ import pandas as pd
 from scipy.stats import norm, rankdata
 from sklearn import get_config
 from sklearn.base import clone, is_classifier
+from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import check_scoring
 from sklearn.model_selection import (
     GroupKFold,
@@ -47,13 +50,16 @@ from sksurv.metrics import concordance_index_censored, concordance_index_ipcw
 from sksurv.util import check_y_survival
 from threadpoolctl import threadpool_limits
 
-from ._text import listing
+from ._text import counted, listing, user_stacklevel
 
 __all__ = [
+    "FAILED_SHARE_WARNING",
     "BootstrapCI",
+    "BootstrapWarning",
     "bootstrap_ci",
     "bootstrap_ci_difference",
     "harrell_c",
+    "horizon_status",
     "is_survival_target",
     "label_efficiency_curve",
     "make_cv",
@@ -73,6 +79,18 @@ def one_blas_thread() -> threadpool_limits:
 
 
 # ----------------------------------------------------------------------- bootstrap
+
+#: Share of failed bootstrap resamples above which :func:`bootstrap_ci` warns.
+FAILED_SHARE_WARNING = 0.05
+
+
+class BootstrapWarning(UserWarning):
+    """A bootstrap interval describes only part of the data.
+
+    Raised (as a warning) when more than :data:`FAILED_SHARE_WARNING` of the resamples
+    were undefined, or when folds where the metric is undefined were left out of the
+    estimate; :attr:`BootstrapCI.incomplete` marks such intervals.
+    """
 
 
 @dataclass(frozen=True)
@@ -99,14 +117,21 @@ class BootstrapCI:
         when ``"bca"`` was asked for but the resampled metric was so biased that the
         estimate lay outside the central 68 % of its bootstrap distribution (see
         :func:`bootstrap_ci`): treat such intervals with care.
+    folds_left_out : tuple
+        With ``folds``: the folds where the metric is undefined on all their samples
+        (one class only, say), left out of the estimate and of the interval.
+    single_unit_strata : int
+        With ``strata``: how many classes (strata labels) of a fold a single unit (one
+        sample, or one patient) carries: that unit is in every resample, alone, so the
+        interval does not reflect how its class's scores vary and is likely too narrow.
 
     Examples
     --------
     >>> from skfmcib.evaluation import BootstrapCI
     >>> ci = BootstrapCI(0.81234, 0.7, 0.9, 0.95, 1000, 0)
     >>> estimate, low, high = ci
-    >>> str(ci), ci.format(3)
-    ('0.81 [0.70, 0.90]', '0.812 [0.700, 0.900]')
+    >>> str(ci), ci.format(3), ci.incomplete
+    ('0.81 [0.70, 0.90]', '0.812 [0.700, 0.900]', False)
     """
 
     estimate: float
@@ -116,9 +141,33 @@ class BootstrapCI:
     n_resamples: int
     n_failed: int
     method: str = "percentile"
+    folds_left_out: tuple = ()
+    single_unit_strata: int = 0
 
     def __iter__(self) -> Iterator[float]:
         return iter((self.estimate, self.low, self.high))
+
+    @property
+    def failed_share(self) -> float:
+        """Share of the resamples drawn on which the metric was undefined."""
+        drawn = self.n_resamples + self.n_failed
+        return self.n_failed / drawn if drawn else 0.0
+
+    @property
+    def incomplete(self) -> bool:
+        """Whether the interval describes only part of the data.
+
+        True when more than :data:`FAILED_SHARE_WARNING` of the resamples failed (the
+        interval then describes only the resamples where the metric is defined, and is
+        likely too narrow), when folds were left out of the estimate, or when a class of
+        a fold was carried by a single unit (``single_unit_strata``; likely too narrow
+        as well).
+        """
+        return (
+            self.failed_share > FAILED_SHARE_WARNING
+            or bool(self.folds_left_out)
+            or self.single_unit_strata > 0
+        )
 
     def format(self, digits: int = 2) -> str:
         """``"estimate [low, high]"`` with ``digits`` decimals."""
@@ -135,31 +184,97 @@ def _check_bootstrap_args(n_resamples, alpha) -> None:
         raise ValueError(f"alpha must be a number in (0, 1), got {alpha!r}")
 
 
-def _units(n: int, groups, folds) -> list[list[np.ndarray]]:
-    """The resampling units (rows of a sample or a group) of each stratum (fold)."""
-    units = np.arange(n) if groups is None else np.asarray(groups)
-    strata = np.zeros(n, dtype=int) if folds is None else np.asarray(folds)
-    for name, values in (("groups", units), ("folds", strata)):
-        if len(values) != n:
-            raise ValueError(f"{name} has {len(values)} entries for {n} samples")
-    _, stratum_codes = np.unique(strata, return_inverse=True)
+def _check_groups(groups, n: int) -> np.ndarray | None:
+    """``groups`` as an array of ``n`` patient ids, refusing missing ones (NaN, None)."""
+    if groups is None:
+        return None
+    groups = groups.to_numpy() if isinstance(groups, pd.Series) else np.asarray(groups)
+    if groups.ndim != 1 or len(groups) != n:
+        raise ValueError(f"groups has {len(groups)} entries for {n} samples")
+    missing = np.flatnonzero(pd.isna(groups))
+    if len(missing):
+        raise ValueError(
+            f"groups: {len(missing)} of {n} patient ids missing (NaN or None), at positions "
+            f"{listing(missing.tolist())}; give every lesion its patient, or drop those lesions"
+        )
+    return groups
+
+
+def _units(n: int, groups, folds, strata=None) -> list[list[np.ndarray]]:
+    """The resampling units (rows of a sample or a group) of each stratum."""
+    return [members for _, members, _ in _labelled_units(n, groups, folds, strata)]
+
+
+def _single_unit_strata(n: int, groups, folds, strata) -> int:
+    """Labels carried by a single unit of a fold (in every resample, alone: nothing
+    shows how their scores vary); negative labels (units the metric ignores, see
+    :func:`horizon_status`) not counted."""
+    if strata is None:
+        return 0
+    return sum(
+        alone and not (_is_number(label) and label < 0)
+        for label, _, alone in _labelled_units(n, groups, folds, strata)
+    )
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (Real, np.number)) and not isinstance(value, (bool, np.bool_))
+
+
+def _labelled_units(n: int, groups, folds, strata=None) -> list[tuple]:
+    """``(stratum label, units, alone)`` of each stratum; a unit is the rows of a sample
+    or group.
+
+    The strata are the folds, and within a fold, with ``strata``, the units' stratum
+    label: a sample's own, a group's rarest one (the label carried by the fewest of the
+    fold's groups; the first in sorted order on ties). ``alone``: the stratum's label is
+    carried by a single unit of the fold. Without ``strata`` the label is None.
+    """
+    units = np.arange(n) if groups is None else _check_groups(groups, n)
+    folds = np.zeros(n, dtype=int) if folds is None else np.asarray(folds)
+    if len(folds) != n:
+        raise ValueError(f"folds has {len(folds)} entries for {n} samples")
+    codes = None
+    if strata is not None:
+        if len(strata) != n:
+            raise ValueError(f"strata has {len(strata)} entries for {n} samples")
+        names, codes = np.unique(np.asarray(strata), return_inverse=True)
+        codes = codes.ravel()
+    _, fold_codes = np.unique(folds, return_inverse=True)
     by_stratum = []
-    for k in range(stratum_codes.max() + 1):
-        rows = np.flatnonzero(stratum_codes == k)
-        _, codes = np.unique(units[rows], return_inverse=True)
-        by_stratum.append([rows[codes == u] for u in range(codes.max() + 1)])
+    for k in range(fold_codes.max() + 1):
+        rows = np.flatnonzero(fold_codes == k)
+        _, unit_codes = np.unique(units[rows], return_inverse=True)
+        members = [rows[unit_codes == u] for u in range(unit_codes.max() + 1)]
+        if codes is None:
+            by_stratum.append((None, members, False))
+            continue
+        carried = [np.unique(codes[m]) for m in members]
+        carriers = np.bincount(np.concatenate(carried), minlength=codes.max() + 1)
+        keys = np.array([c[np.argmin(carriers[c])] for c in carried])
+        by_stratum.extend(
+            (
+                names[s].item(),
+                [m for m, key in zip(members, keys, strict=True) if key == s],
+                bool(carriers[s] == 1),
+            )
+            for s in np.unique(keys)
+        )
     return by_stratum
 
 
-def _resampler(n: int, groups, folds, rng: np.random.RandomState) -> Callable[[], np.ndarray]:
+def _resampler(
+    n: int, groups, folds, rng: np.random.RandomState, strata=None
+) -> Callable[[], np.ndarray]:
     """A function drawing one bootstrap sample of row indices.
 
     The units drawn are samples, or groups (patients) when given; with ``folds``, each
-    fold's units are drawn separately, so every resample keeps the folds' sizes.
+    fold's units are drawn separately, so every resample keeps the folds' sizes; with
+    ``strata``, each stratum's units within a fold too (see :func:`_units`).
     """
-    if groups is None and folds is None:
+    if groups is None and folds is None and strata is None:
         return lambda: rng.randint(0, n, n)
-    by_stratum = _units(n, groups, folds)
+    by_stratum = _units(n, groups, folds, strata)
 
     def draw() -> np.ndarray:
         picked = []
@@ -207,32 +322,77 @@ def _bca_levels(values: np.ndarray, estimate: float, jack: np.ndarray, alpha: fl
     return levels
 
 
-def _attempt(statistic: Callable[[np.ndarray], float], idx: np.ndarray) -> float | None:
-    """The statistic on some rows, or None where the metric is undefined there."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # an undefined-metric warning marks a failure
-        try:
-            value = float(statistic(idx))
-        except (ValueError, ArithmeticError, Warning):
-            return None
-    return value if math.isfinite(value) else None
+#: What makes a metric undefined on some rows: it raises one of these, or returns NaN.
+_UNDEFINED = (ValueError, ArithmeticError, UndefinedMetricWarning)
+
+
+def _attempt(
+    statistic: Callable[[np.ndarray], float], idx: np.ndarray, reasons: list | None = None
+) -> float | None:
+    """The statistic on some rows, or None where the metric is undefined there.
+
+    Undefined: the metric raises (a ``ValueError``, an ``ArithmeticError``, or
+    scikit-learn's ``UndefinedMetricWarning``, which :func:`_metric_warnings` turns into
+    an error) or returns a non-finite value. Other warnings are no failure. The reason
+    is appended to ``reasons`` when given.
+    """
+    try:
+        value = float(statistic(idx))
+    except _UNDEFINED as exc:
+        if reasons is not None:
+            reasons.append((str(exc) or type(exc).__name__).rstrip("."))
+        return None
+    if math.isfinite(value):
+        return value
+    if reasons is not None:
+        reasons.append(f"it is {value}")
+    return None
+
+
+@contextmanager
+def _metric_warnings() -> Iterator[None]:
+    """Context of many metric evaluations: undefined-metric warnings are errors.
+
+    Other warnings are collected and shown once each (per category and place) on
+    leaving, instead of once per resample.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.simplefilter("error", UndefinedMetricWarning)
+        yield
+    seen = set()
+    for w in caught:
+        key = (w.category, w.filename, w.lineno)
+        if key not in seen:
+            seen.add(key)
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def _per_fold(
-    statistic: Callable[[np.ndarray], float], folds: np.ndarray | None
-) -> Callable[[np.ndarray], float]:
-    """The statistic itself, or with folds its mean over the folds.
+    statistic: Callable[[np.ndarray], float], folds: np.ndarray | None, name: str
+) -> tuple[Callable[[np.ndarray], float], tuple]:
+    """The statistic itself, or with folds its mean over the folds; the folds left out.
 
     The folds are those where the metric is defined on all the samples; a resample in
     which one of them is undefined (a single class drawn, say) fails as a whole, rather
     than averaging fewer folds, which would move its value.
     """
     if folds is None:
-        return statistic
+        return statistic, ()
     every = np.arange(len(folds))
-    defined = [k for k in np.unique(folds) if _attempt(statistic, every[folds == k]) is not None]
+    fold_values = np.unique(folds)
+    defined, reasons = [], []
+    for k in fold_values:
+        if _attempt(statistic, every[folds == k], reasons) is not None:
+            defined.append(k)
     if not defined:
-        raise ValueError("the metric is undefined in every fold")
+        raise ValueError(
+            f"{name} is undefined in every one of the {len(fold_values)} folds (on fold "
+            f"{fold_values[0]!r}: {reasons[0]}); more samples per fold or fewer folds may help"
+        )
+    left_out = tuple(
+        k.item() if hasattr(k, "item") else k for k in fold_values if k not in defined
+    )
 
     def mean_over_folds(idx: np.ndarray) -> float:
         fold_of = folds[idx]
@@ -244,7 +404,70 @@ def _per_fold(
             values.append(value)
         return float(np.mean(values))
 
-    return mean_over_folds
+    return mean_over_folds, left_out
+
+
+def _estimate(statistic: Callable[[np.ndarray], float], n: int, name: str, folds) -> float:
+    """The statistic on the whole sample; an error naming the metric where undefined."""
+    reasons: list[str] = []
+    value = _attempt(statistic, np.arange(n), reasons)
+    if value is None:
+        where = "on the defined folds" if folds is not None else "on the whole sample"
+        raise ValueError(
+            f"{name} is undefined {where} ({n} samples): {reasons[0]}; a bootstrap interval "
+            "needs a finite estimate"
+        )
+    return value
+
+
+def _warn_incomplete(ci: BootstrapCI, name: str, n_folds: int) -> None:
+    parts = []
+    if ci.folds_left_out:
+        left = ci.folds_left_out
+        parts.append(
+            f"it is undefined on all the samples of {counted(len(left), 'fold')} of "
+            f"{n_folds} ({listing(list(left))}), left out of the estimate and the interval "
+            f"(which average the other {n_folds - len(left)})"
+        )
+    if ci.single_unit_strata:
+        parts.append(
+            f"{ci.single_unit_strata} {'class' if ci.single_unit_strata == 1 else 'classes'}"
+            f" of a fold {'was' if ci.single_unit_strata == 1 else 'were'} carried by a "
+            "single sample or patient, the same in every resample, so the interval does not "
+            "reflect how its score varies and is likely too narrow"
+        )
+    if ci.failed_share > FAILED_SHARE_WARNING:
+        drawn = ci.n_resamples + ci.n_failed
+        parts.append(
+            f"it was undefined on {ci.failed_share:.0%} of the bootstrap resamples "
+            f"({ci.n_failed} of {drawn}), left out, so the interval describes only the "
+            "resamples where it is defined and is likely too narrow"
+        )
+    warnings.warn(
+        f"{name}: {'; and '.join(parts)}. More samples per fold (or fewer folds) avoid it.",
+        BootstrapWarning,
+        stacklevel=user_stacklevel(),
+    )
+
+
+def _auto_strata(y_true: np.ndarray) -> np.ndarray | None:
+    """What ``strata="auto"`` stratifies on: the classes, or the event indicator."""
+    if is_survival_target(y_true):
+        return np.asarray(y_true[y_true.dtype.names[0]])
+    if y_true.ndim != 1:
+        return None
+    try:
+        kind = type_of_target(y_true)
+    except ValueError:
+        return None
+    return y_true if kind == "binary" else None
+
+
+def _metric_name(metric) -> str:
+    while isinstance(metric, partial):
+        metric = metric.func
+    name = getattr(metric, "__name__", None)
+    return name if name and name != "<lambda>" else "the metric"
 
 
 def _bootstrap(
@@ -253,47 +476,64 @@ def _bootstrap(
     *,
     groups,
     folds,
+    strata,
     n_resamples: int,
     alpha: float,
     method: str,
     random_state,
+    name: str,
     bounds: tuple[float, float] | None = None,
 ) -> BootstrapCI:
     _check_bootstrap_args(n_resamples, alpha)
     if method not in ("bca", "percentile"):
         raise ValueError(f"method must be 'bca' or 'percentile', got {method!r}")
-    draw = _resampler(n, groups, folds, check_random_state(random_state))
-    statistic = _per_fold(statistic, None if folds is None else np.asarray(folds))
-    estimate = float(statistic(np.arange(n)))
-    values = []
-    with one_blas_thread():
-        for _ in range(n_resamples):
-            value = _attempt(statistic, draw())
-            if value is not None:
-                values.append(value)
-    n_failed = n_resamples - len(values)
-    if not values:
-        raise ValueError(
-            f"the metric could not be computed on any of {n_resamples} bootstrap resamples "
-            "(too few samples, or a single class in every resample)"
-        )
-    values = np.asarray(values)
-    levels = [alpha / 2, 1 - alpha / 2]
-    q_low, q_high = np.quantile(values, levels)
-    if method == "bca" and abs(_bias_z(values, estimate)) > 1.0:
-        # Too biased for BCa, whose levels then crowd into one tail and give a
-        # spuriously narrow interval: shift the percentile interval by the bias
-        # instead (the basic bootstrap interval), and say so.
-        low, high, method = 2 * estimate - q_high, 2 * estimate - q_low, "basic"
-        if bounds is not None:  # the shift can leave the metric's range
-            low, high = np.clip([low, high], *bounds)
-    elif method == "bca":
+    draw = _resampler(n, groups, folds, check_random_state(random_state), strata)
+    folds = None if folds is None else np.asarray(folds)
+    with _metric_warnings():
+        statistic, left_out = _per_fold(statistic, folds, name)
+        estimate = _estimate(statistic, n, name, folds)
+        values = []
         with one_blas_thread():
-            jack = _jackknife(statistic, n, groups, folds)
-        low, high = np.quantile(values, _bca_levels(values, estimate, jack, alpha))
-    else:
-        low, high = q_low, q_high
-    return BootstrapCI(estimate, float(low), float(high), 1 - alpha, len(values), n_failed, method)
+            for _ in range(n_resamples):
+                value = _attempt(statistic, draw())
+                if value is not None:
+                    values.append(value)
+        n_failed = n_resamples - len(values)
+        if not values:
+            raise ValueError(
+                f"{name} could not be computed on any of {n_resamples} bootstrap resamples "
+                "(too few samples, or a single class in every resample)"
+            )
+        values = np.asarray(values)
+        levels = [alpha / 2, 1 - alpha / 2]
+        q_low, q_high = np.quantile(values, levels)
+        if method == "bca" and abs(_bias_z(values, estimate)) > 1.0:
+            # Too biased for BCa, whose levels then crowd into one tail and give a
+            # spuriously narrow interval: shift the percentile interval by the bias
+            # instead (the basic bootstrap interval), and say so.
+            low, high, method = 2 * estimate - q_high, 2 * estimate - q_low, "basic"
+            if bounds is not None:  # the shift can leave the metric's range
+                low, high = np.clip([low, high], *bounds)
+        elif method == "bca":
+            with one_blas_thread():
+                jack = _jackknife(statistic, n, groups, folds)
+            low, high = np.quantile(values, _bca_levels(values, estimate, jack, alpha))
+        else:
+            low, high = q_low, q_high
+    ci = BootstrapCI(
+        estimate,
+        float(low),
+        float(high),
+        1 - alpha,
+        len(values),
+        n_failed,
+        method,
+        left_out,
+        _single_unit_strata(n, groups, folds, strata),
+    )
+    if ci.incomplete:
+        _warn_incomplete(ci, name, 0 if folds is None else len(np.unique(folds)))
+    return ci
 
 
 def _as_array(a) -> np.ndarray:
@@ -307,11 +547,13 @@ def bootstrap_ci(
     *,
     groups=None,
     folds=None,
+    strata="auto",
     n_resamples: int = 1000,
     alpha: float = 0.05,
     method: str = "bca",
     random_state=None,
     bounds: tuple[float, float] | None = None,
+    name: str | None = None,
 ) -> BootstrapCI:
     """Point estimate and bootstrap confidence interval of a metric.
 
@@ -336,6 +578,27 @@ def bootstrap_ci(
         resampled on its own. Models fitted in different folds may score on different
         scales (another penalty, another intercept), so a ranking metric of predictions
         pooled over folds would mix those scales.
+    strata : "auto", array-like of shape (n_samples,) or None, default="auto"
+        Resample within strata, so that every resample keeps each stratum's number of
+        units (samples, or groups): a resample then holds every class a fold holds, and
+        a metric such as the AUC stays defined on it even where a class is rare (two
+        negatives in a fold of twelve). Dropping the resamples that happened to miss the
+        rare class instead would describe only those that drew it, and give intervals
+        far too narrow. With ``groups``, a group's stratum is its rarest label: the one
+        carried by the fewest groups of its fold (so a class is kept whenever it is the
+        rarest, and in binary tasks always). ``"auto"``: the classes of a binary target,
+        the event indicator of a survival target, else none. Multiclass targets are not
+        stratified by default: with classes of one patient per fold, each such patient
+        would be a stratum of its own, the same in every resample, and the interval
+        would shrink to nothing (balanced accuracy and the mean average precision over
+        the classes present need no class in particular); pass ``strata=y_true`` where a
+        metric needs every class. A stratum of a single unit is held fixed, so a class
+        carried by one sample or patient of a fold adds nothing to the interval's width:
+        such intervals are too narrow; these classes are counted in
+        ``single_unit_strata`` and the interval marked ``incomplete`` (negative labels,
+        units the metric ignores, are not counted). None: plain resampling. For
+        :func:`survival_auc`, pass the status at the horizon,
+        ``horizon_status(y, horizon)``.
     n_resamples : int, default=1000
         Bootstrap resamples.
     alpha : float, default=0.05
@@ -359,19 +622,34 @@ def bootstrap_ci(
         The metric's range, e.g. ``(0, 1)`` for AUC: a basic interval, which shifts the
         percentiles, is clipped to it (percentile and BCa intervals lie within the
         resampled values anyway).
+    name : str, optional
+        How messages name the metric (by default the function's name).
 
     Returns
     -------
     BootstrapCI
         ``estimate`` (the metric on all samples), ``low``, ``high``. Resamples on which
-        the metric is undefined (it raises, warns or returns NaN; e.g. one class only)
-        are left out and counted in ``n_failed``; with ``folds``, so is a resample in
-        which any fold where the metric is defined on all samples becomes undefined.
+        the metric is undefined (it raises a ``ValueError`` or ``ArithmeticError``,
+        raises scikit-learn's ``UndefinedMetricWarning``, or returns NaN or infinity;
+        e.g. one class only) are left out and counted in ``n_failed``; with ``folds``,
+        so is a resample in which any fold where the metric is defined on all samples
+        becomes undefined. Other warnings of the metric are no failure (they are shown
+        once). Folds where the metric is undefined on all their samples are left out of
+        the estimate and listed in ``folds_left_out``.
 
     Raises
     ------
     ValueError
-        When the metric fails on the whole sample or on every resample.
+        When the metric is undefined (or not finite) on the whole sample, in every
+        fold, or on every resample.
+
+    Warns
+    -----
+    BootstrapWarning
+        When more than 5 % (:data:`FAILED_SHARE_WARNING`) of the resamples failed, or
+        folds were left out: the interval then describes only part of the data
+        (``incomplete`` is true). The message names the metric, the share failed and
+        the folds left out.
 
     Examples
     --------
@@ -385,7 +663,7 @@ def bootstrap_ci(
     >>> ci.low < ci.estimate < ci.high
     True
     >>> print(ci)
-    0.76 [0.69, 0.81]
+    0.76 [0.70, 0.82]
     """
     y_true, y_score = _as_array(y_true), _as_array(y_score)
     if len(y_true) != len(y_score):
@@ -399,12 +677,18 @@ def bootstrap_ci(
         len(y_true),
         groups=groups,
         folds=folds,
+        strata=_auto_strata(y_true) if _is_auto(strata) else strata,
         n_resamples=n_resamples,
         alpha=alpha,
         method=method,
         random_state=random_state,
+        name=_metric_name(metric) if name is None else name,
         bounds=bounds,
     )
+
+
+def _is_auto(strata) -> bool:
+    return isinstance(strata, str) and strata == "auto"
 
 
 def bootstrap_ci_difference(
@@ -415,11 +699,13 @@ def bootstrap_ci_difference(
     *,
     groups=None,
     folds=None,
+    strata="auto",
     n_resamples: int = 1000,
     alpha: float = 0.05,
     method: str = "bca",
     random_state=None,
     bounds: tuple[float, float] | None = None,
+    name: str | None = None,
 ) -> BootstrapCI:
     """Paired bootstrap interval of ``metric(y, y_score) - metric(y, y_score_reference)``.
 
@@ -435,7 +721,7 @@ def bootstrap_ci_difference(
         Labels or a structured survival array.
     y_score, y_score_reference : array-like
         Scores of the model and of the reference model (e.g. the radiomics baseline).
-    groups, folds, n_resamples, alpha, method, random_state
+    groups, folds, strata, n_resamples, alpha, method, random_state, name
         As in :func:`bootstrap_ci`; with ``folds`` the statistic is the mean over folds
         of each fold's difference, i.e. the difference of the two cross-validation
         estimates.
@@ -476,10 +762,12 @@ def bootstrap_ci_difference(
         len(y_true),
         groups=groups,
         folds=folds,
+        strata=_auto_strata(y_true) if _is_auto(strata) else strata,
         n_resamples=n_resamples,
         alpha=alpha,
         method=method,
         random_state=random_state,
+        name=f"difference of {_metric_name(metric)}" if name is None else name,
         bounds=None if bounds is None else (bounds[0] - bounds[1], bounds[1] - bounds[0]),
     )
 
@@ -606,8 +894,49 @@ def survival_auc(y, risk, *, horizon: float) -> float:
     event, time = check_y_survival(y)
     risk = np.asarray(risk, dtype=float)
     positive = event & (time <= horizon)
-    known = positive | (time > horizon)
+    negative = time > horizon
+    if not negative.any():
+        raise ValueError(
+            f"survival_auc is undefined: no sample is followed beyond the horizon "
+            f"{horizon:g} (the longest time is {time.max():g}), so none is known to be "
+            "event-free then"
+        )
+    if not positive.any():
+        raise ValueError(
+            f"survival_auc is undefined: no event at or before the horizon {horizon:g}"
+        )
+    known = positive | negative
     return rank_auc(positive[known], risk[known])
+
+
+def horizon_status(y, horizon: float) -> np.ndarray:
+    """Status at ``horizon``: 1 event by then, 0 followed beyond it, -1 censored before.
+
+    The classes of :func:`survival_auc`, to stratify its bootstrap on
+    (``bootstrap_ci(..., strata=horizon_status(y, horizon))``). The AUC ignores the
+    lesions censored before the horizon; their negative label tells the bootstrap not
+    to count a stratum of one of them as one that narrows the interval.
+
+    Parameters
+    ----------
+    y : structured array of shape (n_samples,)
+        Event indicator and time.
+    horizon : float
+        Time of the endpoint.
+
+    Returns
+    -------
+    ndarray of int
+
+    Examples
+    --------
+    >>> from sksurv.util import Surv
+    >>> from skfmcib.evaluation import horizon_status
+    >>> horizon_status(Surv.from_arrays([True, False, True], [10.0, 12.0, 30.0]), 24).tolist()
+    [1, -1, 0]
+    """
+    event, time = check_y_survival(y)
+    return np.where(event & (time <= horizon), 1, np.where(time > horizon, 0, -1))
 
 
 def rank_auc(is_positive, score) -> float:
@@ -862,6 +1191,7 @@ def label_efficiency_curve(
     if isinstance(n_repeats, bool) or not isinstance(n_repeats, Integral) or n_repeats < 1:
         raise ValueError(f"n_repeats must be a positive integer, got {n_repeats!r}")
     y_arr = _as_array(y)
+    groups = _check_groups(groups, len(y_arr))
     strata = split_target(y_arr) if is_classifier(estimator) or is_survival_target(y_arr) else None
     if strata is not None and type_of_target(strata) not in ("binary", "multiclass"):
         strata = None
@@ -876,7 +1206,6 @@ def label_efficiency_curve(
     rng = check_random_state(random_state)
     split_y = split_target(y_arr)
     rows = []
-    groups = None if groups is None else np.asarray(groups)
     with one_blas_thread():
         splits = _grouped_splits(splitter, X, split_y, groups, f"cv={splitter!r}")
         for fold, (train, test) in enumerate(splits):

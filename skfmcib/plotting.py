@@ -84,25 +84,26 @@ def plot_roc(
     >>> ax.get_legend_handles_labels()[1]
     ['model (mean AUC over 4 folds = 0.70)', 'chance']
     """
-    from sklearn.metrics import RocCurveDisplay, auc, roc_curve
+    from sklearn.metrics import auc, roc_curve
 
     ax = _axes(ax)
     y_true = np.asarray(y_true)
+    positive = np.unique(y_true)[-1]
     colors = _pyplot().rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (name, score) in enumerate(scores.items()):
         label = (labels or {}).get(name)
-        if folds is None:
-            display = RocCurveDisplay.from_predictions(
-                y_true, score, ax=ax, name=name, curve_kwargs={"linewidth": 2}
-            )
-            if label is not None:
-                display.line_.set_label(label)
-            continue
         color = colors[i % len(colors)]
+        if folds is None:
+            # Drawn here rather than by RocCurveDisplay, whose styling arguments differ
+            # between the scikit-learn versions supported (curve_kwargs from 1.7).
+            fpr, tpr, _ = roc_curve(y_true, np.asarray(score), pos_label=positive)
+            if label is None:
+                label = f"{name} (AUC = {auc(fpr, tpr):.2f})"
+            ax.plot(fpr, tpr, color=color, linewidth=2, label=label)
+            continue
         score, folds_ = np.asarray(score), np.asarray(folds)
         grid = np.linspace(0, 1, 201)
         curves, aucs = [], []
-        positive = np.unique(y_true)[-1]
         for k in np.unique(folds_):
             in_fold = folds_ == k
             if len(np.unique(y_true[in_fold])) < 2:

@@ -29,7 +29,10 @@ and report the paper's metrics as cross-validation estimates: each metric on eac
 fold's test lesions, averaged over the folds, as
 :func:`~sklearn.model_selection.cross_validate` does. (Pooling the predictions of all
 folds first would mix the scales of models fitted with different penalties.) The
-bootstrap intervals resample patients within each fold.
+bootstrap intervals resample patients within each fold and, for binary labels, the event
+indicator or the status at the survival horizon, within strata that keep every fold's
+classes (see :func:`~skfmcib.evaluation.bootstrap_ci`); intervals that describe only part
+of the data raise a :class:`~skfmcib.evaluation.BootstrapWarning`.
 """
 
 from __future__ import annotations
@@ -56,11 +59,14 @@ from sksurv.util import check_y_survival
 from ._text import listing
 from .evaluation import (
     BootstrapCI,
+    _check_groups,
     _grouped_splits,
     _inner_groups,
     bootstrap_ci,
     bootstrap_ci_difference,
     harrell_c,
+    horizon_status,
+    is_survival_target,
     make_cv,
     one_blas_thread,
     rank_auc,
@@ -353,6 +359,10 @@ class MetricSpec:
     bounds : (float, float) or None
         The metric's range (``(0, 1)`` for every metric here), to which a rough
         (basic) bootstrap interval is clipped.
+    strata : callable or None
+        ``strata(y_true)``: what the bootstrap resamples within (see
+        :func:`~skfmcib.evaluation.bootstrap_ci`); None: its ``"auto"``, the classes or
+        the event indicator. The horizon AUC uses the status at the horizon.
     """
 
     name: str
@@ -360,6 +370,11 @@ class MetricSpec:
     function: Callable[[np.ndarray, np.ndarray], float]
     uses: str = "score"
     bounds: tuple[float, float] | None = (0.0, 1.0)
+    strata: Callable[[np.ndarray], np.ndarray] | None = None
+
+    def strata_of(self, y_true: np.ndarray):
+        """The ``strata`` argument of the bootstrap for targets ``y_true``."""
+        return "auto" if self.strata is None else self.strata(y_true)
 
 
 @dataclass
@@ -499,7 +514,7 @@ def cross_validated_predictions(
     ((60, 2), 5, [0, 1])
     """
     y = y if isinstance(y, np.ndarray) else np.asarray(y)
-    groups = None if groups is None else np.asarray(groups)
+    groups = _check_groups(groups, len(y))
     classifier = is_classifier(estimator)
     splitter = make_cv(cv, y=y, groups=groups, classifier=classifier, random_state=random_state)
     classes = np.unique(y) if method == "predict_proba" else None
@@ -512,6 +527,7 @@ def _cross_validated(estimator, X, y, groups, splitter, method, classes, random_
     fold = np.full(len(y), -1)
     best_params: list[dict] = []
     splits = _grouped_splits(splitter, X, split_target(y), groups, f"cv={splitter!r}")
+    _check_partition(splits, len(y), splitter)
     for k, (train, test) in enumerate(splits):
         model, fit_params = _inner_groups(
             clone(estimator), None if groups is None else groups[train], random_state, y[train]
@@ -531,6 +547,34 @@ def _cross_validated(estimator, X, y, groups, splitter, method, classes, random_
     return out, fold, best_params, classes
 
 
+def _check_partition(splits, n: int, splitter) -> None:
+    """Refuse splits whose test sets do not partition the ``n`` samples."""
+    tested = np.zeros(n, dtype=int)
+    for _, test in splits:
+        np.add.at(tested, test, 1)
+    never, twice = np.flatnonzero(tested == 0), np.flatnonzero(tested > 1)
+    if not len(never) and not len(twice):
+        return
+    problems = []
+    if len(never):
+        problems.append(
+            f"{len(never)} of the {n} samples are in no test set (positions "
+            f"{listing(never.tolist(), 5)})"
+        )
+    if len(twice):
+        problems.append(
+            f"{len(twice)} of the {n} samples are in more than one test set (positions "
+            f"{listing(twice.tolist(), 5)})"
+        )
+    raise ValueError(
+        f"cv={splitter!r} does not partition the samples: {' and '.join(problems)}. "
+        "Out-of-fold predictions, like scikit-learn's cross_val_predict, only work for "
+        "partitions (every sample tested exactly once): give a number of folds or a "
+        "K-fold splitter (KFold, StratifiedKFold, GroupKFold, StratifiedGroupKFold), "
+        "not a shuffle-split"
+    )
+
+
 def _bootstrap_all(result: TaskResult, n_resamples, alpha, random_state) -> None:
     for spec in result.specs:
         result.metrics[spec.name] = bootstrap_ci(
@@ -539,10 +583,37 @@ def _bootstrap_all(result: TaskResult, n_resamples, alpha, random_state) -> None
             result.prediction(spec),
             groups=result.groups,
             folds=result.fold,
+            strata=spec.strata_of(result.y_true),
             n_resamples=n_resamples,
             alpha=alpha,
             random_state=random_state,
             bounds=spec.bounds,
+            name=f"{result.task} {spec.label}",
+        )
+
+
+def _check_features(X, task: str) -> None:
+    """Refuse a feature matrix with NaN or infinite rows, naming them.
+
+    Such rows are lesions whose features could not be computed
+    (``FMCIBTransformer(on_error="nan")``); the heads (scaler, PCA, model) cannot
+    take them. Lesion tables (non-numeric columns) are not checked.
+    """
+    if isinstance(X, pd.DataFrame):
+        if X.shape[1] == 0 or not all(pd.api.types.is_numeric_dtype(d) for d in X.dtypes):
+            return
+        values = X.to_numpy(dtype=float)
+    elif isinstance(X, np.ndarray) and X.ndim == 2 and X.dtype.kind in "fiub":
+        values = X
+    else:
+        return
+    bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
+    if len(bad):
+        raise ValueError(
+            f"{task}: X has NaN or infinite features in {len(bad)} of {len(values)} rows, at "
+            f"positions {listing(bad.tolist())} (rows whose features could not be computed: "
+            "FMCIBTransformer(on_error='nan') leaves them NaN); drop those lesions, with "
+            "their labels and groups, first"
         )
 
 
@@ -556,6 +627,37 @@ def _check_labels(y, task: str) -> np.ndarray:
             f"{listing(missing)}; drop those lesions first"
         )
     return y
+
+
+def _check_survival(y) -> np.ndarray:
+    """A structured survival target, refusing missing times or events with positions."""
+    if is_survival_target(y):
+        event, time = (np.asarray(y[name]) for name in y.dtype.names)
+        missing = np.flatnonzero(pd.isna(time) | pd.isna(event))
+        if len(missing):
+            raise ValueError(
+                f"survival: {len(missing)} of {len(y)} targets missing (NaN or None time or "
+                f"event), at positions {listing(missing.tolist())}; drop those lesions first"
+            )
+    check_y_survival(y)  # a structured array of a bool event and a time
+    return y
+
+
+def _check_horizon(y, horizon: float, label: str) -> None:
+    """Refuse a horizon at which the horizon AUC is undefined on the whole cohort."""
+    event, time = check_y_survival(y)
+    if not (time > horizon).any():
+        raise ValueError(
+            f"survival: the {label} is undefined: no lesion is followed beyond the horizon "
+            f"{horizon:g} (the longest follow-up is {time.max():g}), so none is known to be "
+            "event-free then; choose a horizon within the follow-up"
+        )
+    if not (event & (time <= horizon)).any():
+        raise ValueError(
+            f"survival: the {label} is undefined: no event at or before the horizon "
+            f"{horizon:g} (the first event is at {time[event].min():g}); choose a later "
+            "horizon"
+        )
 
 
 def _check_binary(y) -> np.ndarray:
@@ -605,6 +707,19 @@ def evaluate_malignancy(
         Metrics ``roc_auc`` (AUC), ``average_precision`` (mAP) and ``balanced_accuracy``
         (at probability 0.5): means over the outer folds of each fold's metric.
 
+    Raises
+    ------
+    ValueError
+        Before anything is fitted, naming the positions: missing labels, feature rows
+        with NaN or infinite values, missing patient ids in ``groups``; and a ``cv``
+        whose test sets do not partition the samples (each must be tested once).
+
+    Warns
+    -----
+    BootstrapWarning
+        When a metric's interval describes only part of the data (see
+        :func:`~skfmcib.evaluation.bootstrap_ci`).
+
     Examples
     --------
     >>> from sklearn.datasets import make_classification
@@ -613,9 +728,10 @@ def evaluate_malignancy(
     >>> result = evaluate_malignancy(malignancy_pipeline(features=None), X, y,
     ...                              n_resamples=200, random_state=0)
     >>> print(result.metrics["roc_auc"])
-    0.94 [0.87, 0.99]
+    0.94 [0.84, 0.97]
     """
     y = _check_binary(y)
+    _check_features(X, "malignancy")
     proba, fold, params, classes = cross_validated_predictions(
         estimator, X, y, groups=groups, cv=cv, random_state=random_state
     )
@@ -634,7 +750,7 @@ def evaluate_malignancy(
         y_pred=np.where(proba[:, 1] >= 0.5, positive, classes[0]),
         fold=fold,
         best_params=params,
-        groups=None if groups is None else np.asarray(groups),
+        groups=_check_groups(groups, len(y)),
         classes=classes,
     )
     _bootstrap_all(result, n_resamples, alpha, random_state)
@@ -699,6 +815,7 @@ def evaluate_site(
     ['balanced_accuracy', 'mean_average_precision']
     """
     y = _check_labels(y, "site")
+    _check_features(X, "site")
     proba, fold, params, classes = cross_validated_predictions(
         estimator, X, y, groups=groups, cv=cv, random_state=random_state
     )
@@ -715,7 +832,7 @@ def evaluate_site(
         y_pred=classes[np.argmax(proba, axis=1)],
         fold=fold,
         best_params=params,
-        groups=None if groups is None else np.asarray(groups),
+        groups=_check_groups(groups, len(y)),
         classes=classes,
     )
     _bootstrap_all(result, n_resamples, alpha, random_state)
@@ -759,7 +876,16 @@ def evaluate_survival(
     -------
     TaskResult
         Metrics ``c_index_harrell``, ``c_index_uno`` (censoring distribution from the
-        whole cohort) and ``survival_auc``; ``y_score`` holds the risk scores.
+        whole cohort) and ``survival_auc``; ``y_score`` holds the risk scores. The
+        bootstrap of ``survival_auc`` is stratified on the status at the horizon
+        (:func:`~skfmcib.evaluation.horizon_status`), the others on the event.
+
+    Raises
+    ------
+    ValueError
+        As :func:`evaluate_malignancy`; also for targets with a missing time or event
+        (named by position) and a ``horizon`` at which the AUC is undefined on the whole
+        cohort: no lesion followed beyond it, or no event at or before it.
 
     Examples
     --------
@@ -774,15 +900,22 @@ def evaluate_survival(
     >>> result.metrics["c_index_harrell"].estimate > 0.6
     True
     """
-    check_y_survival(y)
+    y = _check_survival(y)
+    label = "2-year AUC" if horizon == 24.0 else f"AUC at t = {horizon:g}"
+    _check_horizon(y, horizon, label)
+    _check_features(X, "survival")
     risk, fold, params, _ = cross_validated_predictions(
         estimator, X, y, groups=groups, cv=cv, method="predict", random_state=random_state
     )
-    label = "2-year AUC" if horizon == 24.0 else f"AUC at t = {horizon:g}"
     specs = [
         MetricSpec("c_index_harrell", "C-index (Harrell)", harrell_c),
         MetricSpec("c_index_uno", "C-index (Uno, IPCW)", partial(uno_c, y_train=y, tau=tau)),
-        MetricSpec("survival_auc", label, partial(survival_auc, horizon=horizon)),
+        MetricSpec(
+            "survival_auc",
+            label,
+            partial(survival_auc, horizon=horizon),
+            strata=partial(horizon_status, horizon=horizon),
+        ),
     ]
     result = TaskResult(
         task="survival",
@@ -793,7 +926,7 @@ def evaluate_survival(
         y_pred=None,
         fold=fold,
         best_params=params,
-        groups=None if groups is None else np.asarray(groups),
+        groups=_check_groups(groups, len(y)),
     )
     _bootstrap_all(result, n_resamples, alpha, random_state)
     return result
@@ -882,9 +1015,11 @@ def compare_results(
             reference.prediction(ref_spec),
             groups=result.groups,
             folds=result.fold,
+            strata=spec.strata_of(result.y_true),
             n_resamples=n_resamples,
             alpha=alpha,
             random_state=random_state,
             bounds=spec.bounds,
+            name=f"{result.task} {spec.label} difference",
         )
     return out

@@ -87,3 +87,21 @@ def test_help_shows_percent_signs_as_written(capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--help"])
     assert "95% intervals" in capsys.readouterr().out
+
+
+def test_incomplete_intervals_are_marked_with_a_footnote():
+    from skfmcib.commands.demo import _format_table
+
+    def row(incomplete: bool, method: str = "bca") -> dict:
+        out = {"task": "survival", "metric": "2-year AUC"}
+        for prefix in ("fmcib", "radiomics", "difference"):
+            out |= {prefix: 0.6, f"{prefix}_low": 0.4, f"{prefix}_high": 0.8}
+            out |= {f"{prefix}_interval": method, f"{prefix}_incomplete": incomplete}
+        return out
+
+    text = _format_table(pd.DataFrame([row(True)]), "FMCIB")
+    assert (
+        "0.60 [0.40, 0.80]#" in text and "\n# likely too narrow, or from part of the data" in text
+    )
+    text = _format_table(pd.DataFrame([row(False, "basic")]), "FMCIB")
+    assert "]#" not in text and "# likely" not in text and "0.80]*" in text

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from scipy.stats import norm
@@ -19,6 +21,7 @@ from sksurv.util import Surv
 
 from skfmcib.evaluation import (
     BootstrapCI,
+    BootstrapWarning,
     bootstrap_ci,
     bootstrap_ci_difference,
     harrell_c,
@@ -28,6 +31,7 @@ from skfmcib.evaluation import (
     uno_c,
 )
 from skfmcib.tasks import (
+    _average_precision,
     compare_results,
     cross_validated_predictions,
     evaluate_malignancy,
@@ -82,18 +86,50 @@ def test_resampling_patients_widens_the_interval_of_correlated_lesions():
     assert width["g"] == pytest.approx(width["p"], rel=0.25)
 
 
-def test_resamples_without_both_classes_are_left_out_and_counted():
+def test_resamples_without_both_classes_are_left_out_counted_and_warned_of():
     y = np.array([0] * 10 + [1])
     score = np.linspace(0, 1, 11)
-    ci = bootstrap_ci(roc_auc_score, y, score, n_resamples=200, random_state=0)
+    with pytest.warns(BootstrapWarning, match=r"roc_auc_score: .* on 3\d% of the bootstrap"):
+        ci = bootstrap_ci(roc_auc_score, y, score, strata=None, n_resamples=200, random_state=0)
     assert ci.n_failed > 50  # about (10/11)^11 = 35 % of resamples lack the positive
     assert ci.n_resamples + ci.n_failed == 200
-    assert ci.estimate == 1.0
+    assert ci.estimate == 1.0 and ci.incomplete
+
+
+def test_stratified_resamples_keep_the_rare_class():
+    """By default a classification target is resampled within its classes."""
+    y = np.array([0] * 10 + [1, 1])
+    score = np.linspace(0, 1, 12)
+    ci = bootstrap_ci(roc_auc_score, y, score, n_resamples=200, random_state=0)
+    assert ci.n_failed == 0 and ci.single_unit_strata == 0 and not ci.incomplete
+    # A class of one sample is the same in every resample: the interval is marked.
+    with pytest.warns(BootstrapWarning, match="1 class of a fold was carried by a single sample"):
+        ci = bootstrap_ci(roc_auc_score, y[:11], score[:11], n_resamples=200, random_state=0)
+    assert ci.n_failed == 0 and ci.single_unit_strata == 1 and ci.incomplete
 
 
 def test_metric_undefined_everywhere_is_an_error():
-    with pytest.raises(ValueError, match="could not be computed"):
+    with pytest.raises(ValueError, match=r"the metric is undefined on the whole sample .*nan"):
         bootstrap_ci(lambda y, s: float("nan"), [0, 1], [0.1, 0.2], n_resamples=10)
+
+
+def test_metric_undefined_or_not_finite_on_the_whole_sample_is_named():
+    with pytest.raises(ValueError, match=r"roc_auc_score is undefined on the whole sample "):
+        bootstrap_ci(roc_auc_score, np.zeros(10), np.arange(10.0), n_resamples=10)
+    with pytest.raises(ValueError, match=r"the metric is undefined .*: it is inf"):
+        bootstrap_ci(lambda y, s: np.inf, [0, 1, 0, 1], [0.1, 0.2, 0.3, 0.4], n_resamples=10)
+    with pytest.raises(ValueError, match=r"AUC is undefined in every one of the 2 folds"):
+        bootstrap_ci(roc_auc_score, [0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4], folds=[0, 0, 1, 1],
+                     n_resamples=10, name="AUC")  # fmt: skip
+
+
+def test_a_metric_defined_on_the_sample_but_on_no_resample_is_an_error():
+    def all_distinct(y, s):
+        return 1.0 if len(np.unique(s)) == len(s) else float("nan")
+
+    x = np.arange(50.0)
+    with pytest.raises(ValueError, match="could not be computed on any of 20 bootstrap"):
+        bootstrap_ci(all_distinct, x, x, n_resamples=20, random_state=0)
 
 
 @pytest.mark.parametrize(
@@ -470,15 +506,24 @@ def test_evaluate_site_reports_balanced_accuracy_and_map():
 @pytest.mark.parametrize("tau", [None, 20.0])
 def test_evaluate_survival_reports_concordance_and_horizon_auc(tau):
     X, _, _, y, patients = _cohort_like(seed=2)
-    result = evaluate_survival(
-        survival_pipeline(features=None, tau=tau),
-        X,
-        y,
-        groups=patients,
-        horizon=24.0,
-        n_resamples=100,
-        random_state=0,
-    )
+    # Fold 0 holds no lesion followed beyond 24: its 2-year AUC is undefined, left out.
+    with pytest.warns(BootstrapWarning, match=r"survival 2-year AUC: .* 1 fold of 5 \(0\)"):
+        result = evaluate_survival(
+            survival_pipeline(features=None, tau=tau),
+            X,
+            y,
+            groups=patients,
+            horizon=24.0,
+            n_resamples=100,
+            random_state=0,
+        )
+    auc = result.metrics["survival_auc"]
+    assert auc.folds_left_out == (0,) and auc.incomplete
+    per_fold_auc = [
+        survival_auc(y[result.fold == k], result.y_score[result.fold == k], horizon=24.0)
+        for k in range(1, 5)
+    ]
+    assert auc.estimate == pytest.approx(np.mean(per_fold_auc))
     assert set(result.metrics) == {"c_index_harrell", "c_index_uno", "survival_auc"}
     assert result.metrics["c_index_harrell"].estimate > 0.6
     per_fold = [harrell_c(y[result.fold == k], result.y_score[result.fold == k]) for k in range(5)]
@@ -586,10 +631,11 @@ def test_a_fold_undefined_in_a_resample_fails_the_whole_resample():
     y = np.array([1, 0, 0, 0, 0, 0] + [1, 1, 1, 0, 0, 0] * 3)
     s = np.array([0.0, 0.1, 0.2, 0.3, 0.4, 0.5] + [0.9, 0.8, 0.7, 0.3, 0.2, 0.1] * 3)
     fold = np.repeat(np.arange(4), 6)
-    ci = bootstrap_ci(
-        roc_auc_score, y, s, groups=np.arange(24), folds=fold, n_resamples=1000,
-        method="percentile", random_state=0,
-    )  # fmt: skip
+    with pytest.warns(BootstrapWarning, match=r"roc_auc_score: .* on 40% of the bootstrap"):
+        ci = bootstrap_ci(
+            roc_auc_score, y, s, groups=np.arange(24), folds=fold, n_resamples=1000,
+            method="percentile", random_state=0, strata=None,
+        )  # fmt: skip
     assert (ci.estimate, ci.low, ci.high) == (0.75, 0.75, 0.75)
     # Counted as failed: fold 0 loses its positive with probability (5/6)**6 = 0.335, and
     # each other fold one of its classes with 2 / 2**6: 1 - 0.665 * (31/32)**3 = 0.395.
@@ -604,10 +650,13 @@ def test_a_basic_interval_is_clipped_to_the_metric_range():
     for k in range(4):
         y[k * per + rng.choice(per, rng.integers(1, 3), replace=False)] = 1
     s = y * rng.normal(0.8, 1, len(y)) + rng.normal(0, 1, len(y))
-    args = (average_precision_score, y, s)
-    free = bootstrap_ci(*args, folds=fold, n_resamples=400, random_state=0)
+    args = (_average_precision, y, s)
+    common = dict(folds=fold, n_resamples=400, random_state=0, strata=None)
+    with pytest.warns(BootstrapWarning):  # resamples without a positive fail
+        free = bootstrap_ci(*args, **common)
     assert free.method == "basic" and free.low < 0  # 2 * estimate - the upper percentile
-    bounded = bootstrap_ci(*args, folds=fold, n_resamples=400, random_state=0, bounds=(0, 1))
+    with pytest.warns(BootstrapWarning):
+        bounded = bootstrap_ci(*args, **common, bounds=(0, 1))
     assert (bounded.low, bounded.high) == (0.0, free.high)
 
 
@@ -651,3 +700,169 @@ def test_comparing_results_computed_with_other_settings_is_refused():
         compare_results(a, b, n_resamples=20)
     c = evaluate_survival(survival_pipeline(features=None), X[:, 1:], y, horizon=24, **common)
     assert set(compare_results(a, c, n_resamples=20)) == set(a.metrics)
+
+
+# ------------------------------------------- stratified bootstrap, warnings, bad input
+
+
+def _rare_class_folds(seed=0):
+    """Five folds of 12 samples with one to three negatives each (the demo's 2-year AUC)."""
+    rng = np.random.default_rng(seed)
+    fold = np.repeat(np.arange(5), 12)
+    y = np.ones(60, int)
+    for k in range(5):
+        y[12 * k + rng.choice(12, rng.integers(1, 4), replace=False)] = 0
+    return y, y + rng.normal(0, 1, 60), fold
+
+
+def test_resamples_within_folds_stay_defined_when_a_class_is_rare():
+    """Without strata 60 % of such resamples lose a fold's negatives and were dropped."""
+    y, s, fold = _rare_class_folds()
+    single = sum((y[fold == k] == 0).sum() == 1 for k in range(5))
+    assert single > 0
+    with pytest.warns(BootstrapWarning, match=f"{single} class.* carried by a single sample"):
+        ci = bootstrap_ci(roc_auc_score, y, s, folds=fold, n_resamples=300, random_state=0)
+    assert ci.n_failed == 0 and ci.single_unit_strata == single and ci.incomplete
+    assert ci.estimate == pytest.approx(np.mean([roc_auc_score(y[fold == k], s[fold == k])
+                                                 for k in range(5)]))  # fmt: skip
+    assert ci.low < ci.estimate < ci.high
+
+
+def test_stratified_patient_resamples_keep_both_classes_in_every_fold():
+    from skfmcib.evaluation import _resampler
+
+    rng = np.random.default_rng(1)
+    patients = np.repeat(np.arange(20), 3)
+    fold = patients % 4
+    y = (rng.random(60) < 0.2).astype(int)  # few positives, mixed within patients
+    y[[0, 3, 6, 9]] = 1  # at least one positive patient per fold
+    draw = _resampler(60, patients, fold, np.random.RandomState(0), strata=y)
+    for _ in range(200):
+        idx = draw()
+        assert np.bincount(fold[idx]).tolist() == [15, 15, 15, 15]  # whole patients
+        for k in range(4):
+            assert set(y[idx[fold[idx] == k]]) == {0, 1}
+    # the resamples still vary
+    assert len({tuple(np.sort(draw())) for _ in range(20)}) > 10
+
+
+def test_a_fold_left_out_of_the_estimate_is_warned_of_and_recorded():
+    y, s, fold = _rare_class_folds()
+    y[fold == 2] = 1  # fold 2: one class only, its AUC undefined
+    with pytest.warns(BootstrapWarning, match=r"^AUC: .* 1 fold of 5 \(2\), left out"):
+        ci = bootstrap_ci(roc_auc_score, y, s, folds=fold, n_resamples=50, name="AUC",
+                          random_state=0)  # fmt: skip
+    assert ci.folds_left_out == (2,) and ci.incomplete
+
+
+@pytest.mark.filterwarnings("ignore:A single label was found:UserWarning")
+def test_a_metric_that_merely_warns_is_not_undefined():
+    """scikit-learn's balanced accuracy warns when a fold lacks a predicted class."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    rng = np.random.default_rng(0)
+    yt = np.r_[np.zeros(40, int), np.ones(17, int), np.full(3, 2)]
+    yp = yt.copy()
+    yp[rng.choice(60, 12, replace=False)] = rng.integers(0, 3, 12)
+    folds = np.arange(60) % 5
+    with pytest.warns(UserWarning, match="y_pred contains classes not in y_true") as record:
+        per_fold = [balanced_accuracy_score(yt[folds == k], yp[folds == k]) for k in range(5)]
+        ci = bootstrap_ci(balanced_accuracy_score, yt, yp, folds=folds, n_resamples=200,
+                          random_state=0)  # fmt: skip
+    assert ci.estimate == pytest.approx(np.mean(per_fold)) and ci.n_failed == 0
+    # shown once by the bootstrap, not once per resample
+    assert sum("y_pred contains" in str(w.message) for w in record) <= 1 + len(per_fold)
+
+
+def test_an_undefined_metric_warning_still_marks_a_resample_undefined():
+    from sklearn.exceptions import UndefinedMetricWarning
+
+    def share_of_ones(y, s):
+        if s.min() == s.max():
+            warnings.warn("one value only", UndefinedMetricWarning, stacklevel=2)
+        return float(np.mean(s))
+
+    x = np.r_[np.zeros(4), 1.0]
+    with pytest.warns(BootstrapWarning, match="share_of_ones: .* on 3\\d% of the bootstrap"):
+        ci = bootstrap_ci(share_of_ones, x, x, strata=None, n_resamples=400, random_state=0)
+    assert 0.3 < ci.failed_share < 0.4  # (4/5)**5 = 33 % draw no 1
+
+
+def test_splitters_whose_test_sets_do_not_partition_the_samples_are_refused():
+    from sklearn.model_selection import GroupShuffleSplit, check_cv
+
+    X, y, groups = _patients()
+    shuffle = GroupShuffleSplit(n_splits=3, test_size=0.2, random_state=0)
+    never = r"does not partition the samples: \d+ of the 72 samples are in no test set"
+    with pytest.raises(ValueError, match=never + ".*only work for partitions"):
+        evaluate_malignancy(malignancy_pipeline(features=None), X, y, groups=groups,
+                            cv=shuffle, n_resamples=10)  # fmt: skip
+    twice = [(np.arange(36, 72), np.arange(0, 40)), (np.arange(0, 36), np.arange(30, 72))]
+    with pytest.raises(ValueError, match=r"10 of the 72 samples are in more than one test set"):
+        cross_validated_predictions(malignancy_pipeline(features=None), X, y, cv=check_cv(twice))
+
+
+def test_missing_survival_targets_are_named():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 5))
+    time = rng.exponential(30, 60)
+    time[[5, 9]] = np.nan
+    y = np.array(list(zip(rng.random(60) < 0.7, time, strict=True)),
+                 dtype=[("event", bool), ("time", float)])  # fmt: skip
+    with pytest.raises(ValueError, match=r"survival: 2 of 60 targets missing .* positions 5, 9"):
+        evaluate_survival(survival_pipeline(features=None), X, y, n_resamples=5)
+
+
+def test_a_horizon_beyond_all_follow_up_is_explained():
+    X, _, _, y, _ = _cohort_like()
+    with pytest.raises(ValueError, match=r"2-year AUC is undefined: no lesion is followed "
+                                         r"beyond the horizon 24 \(the longest"):  # fmt: skip
+        evaluate_survival(survival_pipeline(features=None), X,
+                          Surv.from_arrays(y["event"], np.minimum(y["time"], 20.0)),
+                          n_resamples=5)  # fmt: skip
+    with pytest.raises(ValueError, match=r"AUC at t = 1e\+06 is undefined: no lesion"):
+        evaluate_survival(survival_pipeline(features=None), X, y, horizon=1e6, n_resamples=5)
+    with pytest.raises(ValueError, match=r"survival_auc is undefined: no sample is followed"):
+        survival_auc(y, np.zeros(len(y)), horizon=1e6)
+
+
+def test_nan_feature_rows_and_missing_patient_ids_are_named():
+    X, y, groups = _patients()
+    X[[4, 10]] = np.nan  # as FMCIBTransformer(on_error="nan") leaves failed lesions
+    with pytest.raises(ValueError, match=r"malignancy: X has NaN or infinite features in 2 of "
+                                         r"72 rows, at positions 4, 10"):  # fmt: skip
+        evaluate_malignancy(malignancy_pipeline(features=None), X, y, n_resamples=5)
+    X, y, groups = _patients()
+    groups = np.where(np.arange(72) < 3, np.nan, groups)
+    for call in (
+        lambda: evaluate_malignancy(malignancy_pipeline(features=None), X, y, groups=groups),
+        lambda: bootstrap_ci(roc_auc_score, y, X[:, 0], groups=groups, n_resamples=5),
+        lambda: label_efficiency_curve(LogisticRegression(), X, y, groups=groups),
+    ):
+        with pytest.raises(ValueError, match=r"groups: 3 of 72 patient ids missing .* "
+                                             r"positions 0, 1, 2;"):  # fmt: skip
+            call()
+
+
+def test_plot_roc_does_not_need_scikit_learn_1_7(pyplot, monkeypatch):
+    """scikit-learn 1.6 (the lower bound) has no curve_kwargs in from_predictions."""
+    from sklearn.metrics import RocCurveDisplay, roc_curve
+
+    from skfmcib.plotting import plot_roc
+
+    original = RocCurveDisplay.from_predictions.__func__
+
+    def like_1_6(cls, *args, **kwargs):
+        if "curve_kwargs" in kwargs:
+            raise TypeError("from_predictions() got an unexpected keyword 'curve_kwargs'")
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(RocCurveDisplay, "from_predictions", classmethod(like_1_6))
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 100)
+    score = y + rng.normal(0, 1, 100)
+    ax = plot_roc(y, {"model": score, "other": -score}, labels={"other": "reversed"})
+    assert ax.get_legend_handles_labels()[1] == ["model (AUC = 0.77)", "reversed", "chance"]
+    fpr, tpr, _ = roc_curve(y, score)
+    assert np.array_equal(ax.lines[0].get_xdata(), fpr)
+    assert np.array_equal(ax.lines[0].get_ydata(), tpr)

@@ -410,7 +410,7 @@ def _evaluate(cohort, features: dict, s: Settings, stages: _Stages):
             f"{s.n_resamples} bootstrap resamples"
         )
         results[task] = {}
-        with _small_classes_noted() as fewest:
+        with _small_classes_noted() as (fewest, incomplete):
             for name, X in features.items():
                 extra = {"horizon": HORIZON} if task == "survival" else {}
                 results[task][name] = evaluate(
@@ -442,23 +442,32 @@ def _evaluate(cohort, features: dict, s: Settings, stages: _Stages):
                 f"some classes have fewer lesions than a split has folds (as few as "
                 f"{min(fewest)}), so their folds are uneven; a larger --n-lesions evens them"
             )
+        for text in dict.fromkeys(incomplete):  # the table marks these intervals with #
+            stages.note(f"# {text}")
     return results, curves
 
 
 @contextlib.contextmanager
-def _small_classes_noted() -> Iterator[list[int]]:
+def _small_classes_noted() -> Iterator[tuple[list[int], list[str]]]:
     """Collect scikit-learn's "least populated class" warnings as counts, for one note.
 
-    The demo's small cohorts trigger it in every inner split; other warnings pass on.
+    The demo's small cohorts trigger it in every inner split. Warnings of incomplete
+    bootstrap intervals are collected as texts (the table marks those intervals); other
+    warnings pass on.
     """
+    from ..evaluation import BootstrapWarning
+
     fewest: list[int] = []
+    incomplete: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        yield fewest
+        yield fewest, incomplete
     for w in caught:
         found = re.search(r"least populated class in y has only (\d+) member", str(w.message))
         if found:
             fewest.append(int(found.group(1)))
+        elif issubclass(w.category, BootstrapWarning):
+            incomplete.append(str(w.message))
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
@@ -487,6 +496,7 @@ def _results_table(results: dict, label: str):
                         f"{prefix}_low": ci.low,
                         f"{prefix}_high": ci.high,
                         f"{prefix}_interval": ci.method,
+                        f"{prefix}_incomplete": ci.incomplete,
                     }
                 )
             diff = by_model["difference"][spec.name]
@@ -496,6 +506,7 @@ def _results_table(results: dict, label: str):
                     "difference_low": diff.low,
                     "difference_high": diff.high,
                     "difference_interval": diff.method,
+                    "difference_incomplete": diff.incomplete,
                 }
             )
             rows.append(row)
@@ -558,6 +569,7 @@ def _format_table(table, label: str) -> str:
     def ci(row, prefix, signed=False):
         fmt = "+.2f" if signed else ".2f"
         mark = "*" if row[prefix + "_interval"] == "basic" else ""
+        mark += "#" if row[prefix + "_incomplete"] else ""
         return (
             f"{row[prefix]:{fmt}} [{row[prefix + '_low']:{fmt}}, "
             f"{row[prefix + '_high']:{fmt}}]{mark}"
@@ -578,13 +590,25 @@ def _format_table(table, label: str) -> str:
             shown[0] = ""
         previous = row[0]
         lines.append("  ".join(c.ljust(w) for c, w in zip(shown, widths, strict=True)).rstrip())
+    notes = []
     if any("*" in cell for row in body for cell in row):
-        lines += [
-            "",
+        notes += [
             "* basic bootstrap interval: the resampled metric was strongly biased (few "
             "lesions of a class",
             "  per fold), so this interval is rough; more lesions (--n-lesions) give stable ones.",
         ]
+    if any("#" in cell for row in body for cell in row):
+        notes += [
+            "# likely too narrow, or from part of the data: a class of some fold is one "
+            "patient's alone",
+            "  (the same in every resample), or the metric is undefined in some folds (left "
+            "out of the",
+            "  estimate) or in over 5% of the bootstrap resamples (left out of the interval); "
+            "the notes",
+            "  on stderr say which. More lesions (--n-lesions) or fewer --folds avoid it.",
+        ]
+    if notes:
+        lines += ["", *notes]
     return "\n".join(lines)
 
 
