@@ -268,16 +268,21 @@ def _set_train_mode(network: nn.Module, frozen: list[nn.Module]) -> None:
         module.eval()
 
 
-def check_finite_loss(value: float, epoch: int, batch: int, lr: float) -> None:
+def check_finite_loss(
+    value: float, epoch: int, batch: int, lr: float, precision: str = "fp32"
+) -> None:
     """Raise when a batch's loss is NaN or infinite: the weights would be ruined.
 
     Raised before the step, so the network, and the state saved after the last
     complete epoch, keep finite weights.
     """
     if not math.isfinite(value):
+        hint = "lower lr, or check the input for extreme values"
+        if precision != "fp32":
+            hint = f"precision={precision!r} may be the cause: try 'fp32'; else {hint}"
         raise ValueError(
             f"training diverged: the loss is {value} at epoch {epoch}, batch {batch} "
-            f"(learning rate {lr:.3g}); lower lr, or check the input for extreme values"
+            f"(learning rate {lr:.3g}); {hint}"
         )
 
 
@@ -384,7 +389,7 @@ def train_network(
                 out = network(xb)
             loss = loss_fn(out.float(), target_device[torch.as_tensor(idx, device=device)])
             value = float(loss.detach())
-            check_finite_loss(value, epoch + 1, b + 1, group["lr"])
+            check_finite_loss(value, epoch + 1, b + 1, group["lr"], config.precision)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)

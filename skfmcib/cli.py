@@ -49,7 +49,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     >>> main(["--version"])  # doctest: +SKIP
     skfmcib 0.1.0
     """
-    parser = build_parser()
+    try:
+        # Building the parser imports the commands (torch among them: a second or two).
+        parser = build_parser()
+    except KeyboardInterrupt:
+        print("skfmcib: interrupted", file=sys.stderr)
+        return 130
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
         parser.print_help()

@@ -131,7 +131,7 @@ _SHARED_PARAMETERS = """\
     freeze : "none", "encoder" or int, default="none"
         Encoder parts kept fixed (weights and batch-norm statistics): nothing, the
         whole encoder (only the head learns), or the stem and the first ``k``
-        stages (``k`` from 0 to 4).
+        stages (``k`` from 1 to 4; 0 freezes nothing, as ``"none"``).
     device : str, default="auto"
         ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
     precision : {{"fp32", "bf16", "fp16"}}, default="fp32"
@@ -152,8 +152,9 @@ _SHARED_PARAMETERS = """\
         (:func:`skfmcib.weights.default_cache_dir` when None).
     random_state : int, RandomState instance or None, default=None
         Seeds the head's (and a random encoder's) initialisation, the validation
-        split, shuffling and augmentation. With an int and ``device="cpu"``,
-        training is reproducible exactly.
+        split, shuffling and augmentation. With an int, ``device="cpu"`` and
+        ``precision="fp32"``, training is reproducible exactly (not in bf16 on the CPU:
+        torch's bfloat16 convolution gradients vary from run to run).
     verbose : int, default=0
         Print one line per epoch (losses, learning rate, time) when > 0."""
 

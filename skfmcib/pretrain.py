@@ -990,7 +990,7 @@ def _pretrain(table, out, ddp, device, say, **kw) -> Path:
                     run["temperature"],
                 )
             losses.append(float(value.detach()))
-            _training.check_finite_loss(losses[-1], epoch + 1, b + 1, lr * factor)
+            _training.check_finite_loss(losses[-1], epoch + 1, b + 1, lr * factor, kw["precision"])
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(value).backward()
             scaler.step(optimizer)

@@ -120,6 +120,17 @@ def test_demo_keeps_an_earlier_demos_results(tmp_path, capsys):
     _one_line_error(capsys, "architecture 'bogus'")
 
 
+def test_an_interrupt_while_the_commands_load_is_one_line(monkeypatch, capsys):
+    import skfmcib.cli as cli
+
+    def interrupted():
+        raise KeyboardInterrupt  # Ctrl-C while the commands (and torch) are imported
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert cli.main(["qc", "seeds.csv", "-o", "qc"]) == 130
+    assert capsys.readouterr().err.strip() == "skfmcib: interrupted"
+
+
 @pytest.mark.parametrize("event, status", [(KeyboardInterrupt, 130), (BrokenPipeError, 141)])
 def test_an_interrupt_or_a_closed_pipe_ends_a_command_without_a_traceback(
     monkeypatch, capsys, event, status

@@ -521,3 +521,13 @@ def test_diverging_training_is_an_error_not_a_model_of_nan(blobs):
     with pytest.raises(ValueError, match=r"training diverged: the loss is nan at epoch 1"):
         clf.fit(X, y)
     assert not hasattr(clf, "history_")
+
+
+def test_a_diverged_loss_in_reduced_precision_names_the_precision():
+    from skfmcib import _training
+
+    with pytest.raises(ValueError, match=r"precision='bf16' may be the cause: try 'fp32'"):
+        _training.check_finite_loss(float("nan"), 2, 3, 1e-4, "bf16")
+    with pytest.raises(ValueError, match=r"\(learning rate 0\.0001\); lower lr") as info:
+        _training.check_finite_loss(float("inf"), 2, 3, 1e-4)
+    assert "precision" not in str(info.value)
