@@ -28,6 +28,7 @@ import os
 import secrets
 import threading
 import warnings
+import zipfile
 from collections import OrderedDict
 
 import joblib
@@ -151,7 +152,10 @@ class FeatureCache:
             value = np.load(self._file(full), allow_pickle=False)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, EOFError):  # truncated or corrupt: stored again by put
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # corrupt: put stores it again
+            return None
+        if not isinstance(value, np.ndarray):  # an .npz archive: not an entry
+            value.close()
             return None
         if value.ndim != 1 or value.dtype != np.float32 or not np.isfinite(value).all():
             return None  # not features: stored again by put

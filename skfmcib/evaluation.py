@@ -85,11 +85,12 @@ FAILED_SHARE_WARNING = 0.05
 
 
 class BootstrapWarning(UserWarning):
-    """A bootstrap interval describes only part of the data.
+    """A bootstrap interval describes only part of the data, or is likely too narrow.
 
     Raised (as a warning) when more than :data:`FAILED_SHARE_WARNING` of the resamples
-    were undefined, or when folds where the metric is undefined were left out of the
-    estimate; :attr:`BootstrapCI.incomplete` marks such intervals.
+    were undefined, when folds where the metric is undefined were left out of the
+    estimate, or when a class (stratum) of a fold is carried by a single sample or
+    patient; :attr:`BootstrapCI.incomplete` marks such intervals.
     """
 
 
@@ -189,7 +190,11 @@ def _check_groups(groups, n: int) -> np.ndarray | None:
     if groups is None:
         return None
     groups = groups.to_numpy() if isinstance(groups, pd.Series) else np.asarray(groups)
-    if groups.ndim != 1 or len(groups) != n:
+    if groups.ndim != 1:
+        raise ValueError(
+            f"groups must be one patient id per sample (1-D), got shape {groups.shape}"
+        )
+    if len(groups) != n:
         raise ValueError(f"groups has {len(groups)} entries for {n} samples")
     missing = np.flatnonzero(pd.isna(groups))
     if len(missing):
@@ -202,19 +207,24 @@ def _check_groups(groups, n: int) -> np.ndarray | None:
 
 def _units(n: int, groups, folds, strata=None) -> list[list[np.ndarray]]:
     """The resampling units (rows of a sample or a group) of each stratum."""
-    return [members for _, members, _ in _labelled_units(n, groups, folds, strata)]
+    return [members for _, _, members, _ in _labelled_units(n, groups, folds, strata)]
 
 
-def _single_unit_strata(n: int, groups, folds, strata) -> int:
+def _single_unit_strata(n: int, groups, folds, strata, left_out: tuple = ()) -> int:
     """Labels carried by a single unit of a fold (in every resample, alone: nothing
     shows how their scores vary); negative labels (units the metric ignores, see
-    :func:`horizon_status`) not counted."""
+    :func:`horizon_status`) and folds left out of the estimate not counted."""
     if strata is None:
         return 0
     return sum(
-        alone and not (_is_number(label) and label < 0)
-        for label, _, alone in _labelled_units(n, groups, folds, strata)
+        alone and not (_is_number(label) and label < 0) and fold not in left_out
+        for fold, label, _, alone in _labelled_units(n, groups, folds, strata)
     )
+
+
+def _plain(value):
+    """A numpy scalar as the Python value (``str``, ``int``...); others as they are."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _is_number(value) -> bool:
@@ -222,8 +232,8 @@ def _is_number(value) -> bool:
 
 
 def _labelled_units(n: int, groups, folds, strata=None) -> list[tuple]:
-    """``(stratum label, units, alone)`` of each stratum; a unit is the rows of a sample
-    or group.
+    """``(fold, stratum label, units, alone)`` of each stratum; a unit is the rows of a
+    sample or group.
 
     The strata are the folds, and within a fold, with ``strata``, the units' stratum
     label: a sample's own, a group's rarest one (the label carried by the fewest of the
@@ -240,21 +250,23 @@ def _labelled_units(n: int, groups, folds, strata=None) -> list[tuple]:
             raise ValueError(f"strata has {len(strata)} entries for {n} samples")
         names, codes = np.unique(np.asarray(strata), return_inverse=True)
         codes = codes.ravel()
-    _, fold_codes = np.unique(folds, return_inverse=True)
+    fold_names, fold_codes = np.unique(folds, return_inverse=True)
     by_stratum = []
     for k in range(fold_codes.max() + 1):
+        fold = _plain(fold_names[k])
         rows = np.flatnonzero(fold_codes == k)
         _, unit_codes = np.unique(units[rows], return_inverse=True)
         members = [rows[unit_codes == u] for u in range(unit_codes.max() + 1)]
         if codes is None:
-            by_stratum.append((None, members, False))
+            by_stratum.append((fold, None, members, False))
             continue
         carried = [np.unique(codes[m]) for m in members]
         carriers = np.bincount(np.concatenate(carried), minlength=codes.max() + 1)
         keys = np.array([c[np.argmin(carriers[c])] for c in carried])
         by_stratum.extend(
             (
-                names[s].item(),
+                fold,
+                _plain(names[s]),
                 [m for m, key in zip(members, keys, strict=True) if key == s],
                 bool(carriers[s] == 1),
             )
@@ -356,16 +368,18 @@ def _metric_warnings() -> Iterator[None]:
     Other warnings are collected and shown once each (per category and place) on
     leaving, instead of once per resample.
     """
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        warnings.simplefilter("error", UndefinedMetricWarning)
-        yield
-    seen = set()
-    for w in caught:
-        key = (w.category, w.filename, w.lineno)
-        if key not in seen:
-            seen.add(key)
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            warnings.simplefilter("error", UndefinedMetricWarning)
+            yield
+    finally:  # shown also when the bootstrap fails
+        seen = set()
+        for w in caught:
+            key = (w.category, w.filename, w.lineno)
+            if key not in seen:
+                seen.add(key)
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def _per_fold(
@@ -430,11 +444,13 @@ def _warn_incomplete(ci: BootstrapCI, name: str, n_folds: int) -> None:
             f"(which average the other {n_folds - len(left)})"
         )
     if ci.single_unit_strata:
+        one = ci.single_unit_strata == 1
+        of = " of a fold" if n_folds else ""
         parts.append(
-            f"{ci.single_unit_strata} {'class' if ci.single_unit_strata == 1 else 'classes'}"
-            f" of a fold {'was' if ci.single_unit_strata == 1 else 'were'} carried by a "
-            "single sample or patient, the same in every resample, so the interval does not "
-            "reflect how its score varies and is likely too narrow"
+            f"{ci.single_unit_strata} {'class' if one else 'classes'}{of} "
+            f"{'was' if one else 'were'} carried by a single sample or patient, the same in "
+            "every resample, so the interval does not reflect how its scores vary and is "
+            "likely too narrow"
         )
     if ci.failed_share > FAILED_SHARE_WARNING:
         drawn = ci.n_resamples + ci.n_failed
@@ -443,8 +459,9 @@ def _warn_incomplete(ci: BootstrapCI, name: str, n_folds: int) -> None:
             f"({ci.n_failed} of {drawn}), left out, so the interval describes only the "
             "resamples where it is defined and is likely too narrow"
         )
+    more = "More samples per fold (or fewer folds)" if n_folds else "More samples"
     warnings.warn(
-        f"{name}: {'; and '.join(parts)}. More samples per fold (or fewer folds) avoid it.",
+        f"{name}: {'; and '.join(parts)}. {more} avoid it.",
         BootstrapWarning,
         stacklevel=user_stacklevel(),
     )
@@ -529,7 +546,7 @@ def _bootstrap(
         n_failed,
         method,
         left_out,
-        _single_unit_strata(n, groups, folds, strata),
+        _single_unit_strata(n, groups, folds, strata, left_out),
     )
     if ci.incomplete:
         _warn_incomplete(ci, name, 0 if folds is None else len(np.unique(folds)))
@@ -646,10 +663,10 @@ def bootstrap_ci(
     Warns
     -----
     BootstrapWarning
-        When more than 5 % (:data:`FAILED_SHARE_WARNING`) of the resamples failed, or
-        folds were left out: the interval then describes only part of the data
-        (``incomplete`` is true). The message names the metric, the share failed and
-        the folds left out.
+        When more than 5 % (:data:`FAILED_SHARE_WARNING`) of the resamples failed,
+        folds were left out, or a class of a fold is carried by a single sample or
+        patient: the interval then describes only part of the data, or is likely too
+        narrow (``incomplete`` is true). The message names the metric and the reason.
 
     Examples
     --------

@@ -813,8 +813,10 @@ def _check_settings(**values: Any) -> None:
         value = values[name]
         if value is None and name in ("epochs_this_run", "random_state"):
             continue
-        if not _is_whole(value) or value < low:
+        if not _is_whole(value) or value < low or (name == "random_state" and value >= 2**63):
             what = "a positive integer" if low == 1 else "0 or a positive integer"
+            if name == "random_state":
+                what += " below 2**63"
             raise ValueError(f"{name} must be {what}, got {value!r}")
     for name, positive in (("lr", False), ("warmup_epochs", False), ("temperature", True)):
         value = values[name]

@@ -35,7 +35,8 @@ def check_csv_header(path: str | os.PathLike) -> None:
     used silently.
     """
     with open(path, newline="", encoding="utf-8-sig", errors="replace") as fh:
-        header = next(csv.reader(fh), [])
+        # The first line that is not blank, as pandas takes it.
+        header = next((row for row in csv.reader(fh) if any(c.strip() for c in row)), [])
     twice = sorted({c for c in header if c in _READ_COLUMNS and header.count(c) > 1})
     if twice:
         raise ValueError(
@@ -141,7 +142,11 @@ def validate_table(table: pd.DataFrame, coordinate_system: str = "LPS") -> pd.Da
     out["image_path"] = [_path_str(p) for p in table["image_path"]]
     if "series_uid" in table.columns:
         # Missing (None, NaN, pd.NA of a nullable column) or empty: not given.
-        out["series_uid"] = [_path_str(u) or None for u in table["series_uid"]]
+        # An object column: pandas 3 would make a text column of strings and None,
+        # with NaN for None.
+        out["series_uid"] = pd.Series(
+            [_path_str(u) or None for u in table["series_uid"]], index=table.index, dtype=object
+        )
     else:
         out["series_uid"] = None
     sign = (-1.0, -1.0, 1.0) if coordinate_system == "RAS" else (1.0, 1.0, 1.0)

@@ -593,11 +593,12 @@ def _bootstrap_all(result: TaskResult, n_resamples, alpha, random_state) -> None
 
 
 def _check_features(X, task: str) -> None:
-    """Refuse a feature matrix with NaN or infinite rows, naming them.
+    """Refuse a feature matrix with rows that are NaN throughout, naming them.
 
     Such rows are lesions whose features could not be computed
-    (``FMCIBTransformer(on_error="nan")``); the heads (scaler, PCA, model) cannot
-    take them. Lesion tables (non-numeric columns) are not checked.
+    (``FMCIBTransformer(on_error="nan")``): an imputer would make up every feature of
+    them. Rows with some NaN are left to the estimator (an imputer, a model that
+    takes NaN). Lesion tables (non-numeric columns) are not checked.
     """
     if isinstance(X, pd.DataFrame):
         if X.shape[1] == 0 or not all(pd.api.types.is_numeric_dtype(d) for d in X.dtypes):
@@ -607,13 +608,13 @@ def _check_features(X, task: str) -> None:
         values = X
     else:
         return
-    bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
+    bad = np.flatnonzero(np.isnan(values).all(axis=1)) if values.shape[1] else []
     if len(bad):
         raise ValueError(
-            f"{task}: X has NaN or infinite features in {len(bad)} of {len(values)} rows, at "
-            f"positions {listing(bad.tolist())} (rows whose features could not be computed: "
-            "FMCIBTransformer(on_error='nan') leaves them NaN); drop those lesions, with "
-            "their labels and groups, first"
+            f"{task}: X has features that are all NaN in {len(bad)} of {len(values)} rows, "
+            f"at positions {listing(list(bad))} (lesions whose features could not be "
+            "computed: FMCIBTransformer(on_error='nan') leaves them NaN); drop those "
+            "lesions, with their labels and groups, first"
         )
 
 
@@ -711,7 +712,7 @@ def evaluate_malignancy(
     ------
     ValueError
         Before anything is fitted, naming the positions: missing labels, feature rows
-        with NaN or infinite values, missing patient ids in ``groups``; and a ``cv``
+        that are NaN throughout, missing patient ids in ``groups``; and a ``cv``
         whose test sets do not partition the samples (each must be tested once).
 
     Warns

@@ -52,6 +52,11 @@ def test_path_and_offline_fetch(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "by hand" in err and str(tmp_path / "fmcib" / "model_weights.torch") in err
     assert "skfmcib extract --weights <path to the file>" in err  # fetch has no --weights
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["weights", "fetch", "--cache-dir", str(blocker / "sub")]) == 1
+    err = capsys.readouterr().err
+    assert "Cannot write" in err and "skfmcib extract --weights <path to the file>" in err
 
 
 def test_info_never_downloads_and_says_how_to(tmp_path, capsys, monkeypatch):

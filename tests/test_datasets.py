@@ -490,6 +490,13 @@ def test_reader_parses_other_columns_as_pandas_does_whatever_the_blank_lines(tmp
         read_reference_csv(_write(tmp_path / "bad.csv", header + "\n  \n,,,\n" + body + "c,1"))
 
 
+def test_a_missing_coordinate_is_called_missing_however_written(tmp_path):
+    for cell in ("", "NA", "nan", "null"):
+        csv = _write(tmp_path / "na.csv", f"image_path,coordX,coordY,coordZ\na,1,2,{cell}\n")
+        with pytest.raises(ValueError, match="coordZ is missing in data row 0"):
+            read_reference_csv(csv)
+
+
 def test_csv_readers_refuse_a_column_named_twice_and_spot_semicolons(tmp_path):
     from skfmcib.extract import ExtractError, read_table
 
@@ -498,6 +505,9 @@ def test_csv_readers_refuse_a_column_named_twice_and_spot_semicolons(tmp_path):
         read_reference_csv(twice)
     with pytest.raises(ExtractError, match="coordX more than once"):
         read_table(twice)
+    late = _write(tmp_path / "late.csv", "\n  \n" + twice.read_text())  # blank lines first
+    with pytest.raises(ExtractError, match="coordX more than once"):
+        read_table(late)
     semi = _write(tmp_path / "semi.csv", "image_path;coordX;coordY;coordZ\na;1;2;3\n")
     with pytest.raises(ValueError, match="separated by semicolons"):
         read_reference_csv(semi)

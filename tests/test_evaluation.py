@@ -5,11 +5,13 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy.stats import norm
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.datasets import make_classification
 from sklearn.decomposition import PCA
+from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.model_selection import GridSearchCV
@@ -103,7 +105,7 @@ def test_stratified_resamples_keep_the_rare_class():
     ci = bootstrap_ci(roc_auc_score, y, score, n_resamples=200, random_state=0)
     assert ci.n_failed == 0 and ci.single_unit_strata == 0 and not ci.incomplete
     # A class of one sample is the same in every resample: the interval is marked.
-    with pytest.warns(BootstrapWarning, match="1 class of a fold was carried by a single sample"):
+    with pytest.warns(BootstrapWarning, match="1 class was carried by a single sample"):
         ci = bootstrap_ci(roc_auc_score, y[:11], score[:11], n_resamples=200, random_state=0)
     assert ci.n_failed == 0 and ci.single_unit_strata == 1 and ci.incomplete
 
@@ -829,9 +831,16 @@ def test_a_horizon_beyond_all_follow_up_is_explained():
 def test_nan_feature_rows_and_missing_patient_ids_are_named():
     X, y, groups = _patients()
     X[[4, 10]] = np.nan  # as FMCIBTransformer(on_error="nan") leaves failed lesions
-    with pytest.raises(ValueError, match=r"malignancy: X has NaN or infinite features in 2 of "
-                                         r"72 rows, at positions 4, 10"):  # fmt: skip
+    with pytest.raises(ValueError, match=r"malignancy: X has features that are all NaN in 2 "
+                                         r"of 72 rows, at positions 4, 10"):  # fmt: skip
         evaluate_malignancy(malignancy_pipeline(features=None), X, y, n_resamples=5)
+    # Some NaN in a row is the estimator's to handle (an imputer, here).
+    X, y, _ = _patients()
+    X[4, 0] = X[10, 2] = np.nan
+    imputing = make_pipeline(SimpleImputer(), LogisticRegression())
+    assert np.isfinite(
+        evaluate_malignancy(imputing, X, y, n_resamples=5).metrics["roc_auc"].estimate
+    )
     X, y, groups = _patients()
     groups = np.where(np.arange(72) < 3, np.nan, groups)
     for call in (
@@ -866,3 +875,32 @@ def test_plot_roc_does_not_need_scikit_learn_1_7(pyplot, monkeypatch):
     fpr, tpr, _ = roc_curve(y, score)
     assert np.array_equal(ax.lines[0].get_xdata(), fpr)
     assert np.array_equal(ax.lines[0].get_ydata(), tpr)
+
+
+def test_text_and_categorical_labels_are_stratified():
+    y = pd.Series(["benign"] * 8 + ["malignant"] * 4)
+    s = np.linspace(0, 1, 12)
+    expected = bootstrap_ci(roc_auc_score, (y == "malignant").to_numpy(), s, random_state=0)
+    for labels in (y, y.astype("string"), y.astype("category"), y.to_numpy()):
+        ci = bootstrap_ci(roc_auc_score, labels, s, random_state=0)
+        assert (ci.estimate, ci.low, ci.high) == (expected.estimate, expected.low, expected.high)
+
+
+def test_a_metrics_warnings_reach_the_caller_when_the_bootstrap_fails():
+    def metric(y, s):
+        warnings.warn("scores were clipped", UserWarning, stacklevel=2)
+        return float("nan")
+
+    with pytest.warns(UserWarning, match="scores were clipped"):
+        with pytest.raises(ValueError, match="undefined on the whole sample"):
+            bootstrap_ci(metric, [0, 1, 0, 1], [0.1, 0.9, 0.2, 0.8], n_resamples=10)
+
+
+def test_single_unit_warning_without_folds_and_two_dimensional_groups():
+    y, s = np.array([0] * 10 + [1]), np.linspace(0, 1, 11)
+    with pytest.warns(BootstrapWarning) as caught:
+        bootstrap_ci(roc_auc_score, y, s, n_resamples=50, random_state=0)
+    text = str(caught[0].message)
+    assert "1 class was carried by a single sample" in text and "fold" not in text
+    with pytest.raises(ValueError, match=r"groups must be one patient id per sample \(1-D\), "):
+        bootstrap_ci(roc_auc_score, y, s, groups=np.zeros((11, 1)), n_resamples=5)

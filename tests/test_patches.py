@@ -267,6 +267,10 @@ def test_a_missing_series_uid_of_any_kind_is_not_given(tmp_path, missing):
     expected = load_patches(table)
     table["series_uid"] = missing  # nullable text (convert_dtypes, Parquet), "" or None
     np.testing.assert_array_equal(load_patches(table), expected)
+    # Beside a given one (pandas 3 made NaN of the missing one in a text column).
+    both = pd.concat([_table(d, seed)] * 2, ignore_index=True)
+    both["series_uid"] = pd.array(["1.2.3.4.1", missing[0]], dtype=object)
+    np.testing.assert_array_equal(load_patches(both), np.concatenate([expected, expected]))
 
 
 def test_each_image_is_read_once_whatever_the_row_order(tmp_path, monkeypatch):

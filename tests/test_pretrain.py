@@ -178,9 +178,16 @@ def test_pairs_are_the_seed_patch_and_a_distant_body_patch(seeds):
         ({"warmup_epochs": -1}, "warmup_epochs must be 0 or a positive number, got -1"),
         ({"epochs_this_run": 1.5}, "epochs_this_run must be a positive integer, got 1.5"),
         ({"temperature": float("nan")}, "temperature must be a positive number, got nan"),
-        ({"random_state": -1}, "random_state must be 0 or a positive integer, got -1"),
-        ({"random_state": 0.7}, "random_state must be 0 or a positive integer, got 0.7"),
+        (
+            {"random_state": -1},
+            r"random_state must be 0 or a positive integer below 2\*\*63, got -1",
+        ),
+        (
+            {"random_state": 0.7},
+            r"random_state must be 0 or a positive integer below 2\*\*63, got 0.7",
+        ),
         ({"random_state": np.random.RandomState(0)}, "random_state must be 0 or a positive"),
+        ({"random_state": 2**64}, r"random_state must be 0 or a positive integer below 2\*\*63"),
         ({"lr": float("inf")}, "lr must be 0 or a positive number, got inf"),
         ({"momentum": 1.0}, r"momentum must be in \[0, 1\), got 1.0"),
         ({"weight_decay": -1e-6}, "weight_decay must be 0 or a positive number"),

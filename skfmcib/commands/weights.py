@@ -46,6 +46,8 @@ def add_parser(subparsers) -> None:
 _FETCH_FLAGS = {
     "pass weights=<path to the file> instead of the registered name": "give the file's path "
     "to the commands that encode instead (skfmcib extract --weights <path to the file>)",
+    "pass weights=<path to the file>": "give the file's path to the commands that encode "
+    "(skfmcib extract --weights <path to the file>)",
     **FLAGS,
 }
 

@@ -116,7 +116,8 @@ def read_reference_csv(path: str | os.PathLike[str]) -> pd.DataFrame:
         if bad.any():
             pos = int(np.flatnonzero(bad)[0])
             raw_value = text[col].iloc[pos]
-            what = "missing" if not raw_value.strip() else f"not a finite number: {raw_value!r}"
+            missing = pd.isna(table[col].iloc[pos])  # empty, NA, nan, null, ... as pandas reads
+            what = "missing" if missing else f"not a finite number: {raw_value!r}"
             raise ValueError(
                 f"{name}: {col} is {what} in data row {pos} (0-based, blank lines "
                 f"skipped), line {lines[pos]} of the file"
