@@ -236,9 +236,10 @@ def _require_pyarrow(what: str):
         import pyarrow
         import pyarrow.parquet
     except ImportError as exc:
+        instead = "give a .csv table" if "table" in what else "write a .csv output"
         raise ExtractError(
             f"{what} needs the optional 'pyarrow' package: pip install 'skfmcib[parquet]' "
-            "(or write a .csv output)"
+            f"(or {instead})"
         ) from exc
     return pyarrow
 

@@ -49,7 +49,7 @@ def _read_dicom_seg(path: Path) -> tuple[np.ndarray, np.ndarray]:
     except ImportError as exc:
         raise ImageReadError(
             f"{path}: reading DICOM SEG needs the optional 'highdicom' package "
-            "(pip install highdicom); or export the segmentation as NIfTI or NRRD"
+            "(pip install 'skfmcib[seg]'); or export the segmentation as NIfTI or NRRD"
         ) from exc
     try:
         seg = highdicom.seg.segread(str(path))

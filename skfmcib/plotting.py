@@ -1,6 +1,6 @@
 """Figures of downstream results: ROC curves, Kaplan-Meier curves by risk, label efficiency.
 
-matplotlib is an optional dependency (``pip install skfmcib[plot]``); it is imported
+matplotlib is an optional dependency (``pip install 'skfmcib[plot]'``); it is imported
 only when a function here is called. Every function draws on ``ax`` when given, else on
 a new figure, and returns the axes.
 """
@@ -25,7 +25,7 @@ def _pyplot():
         import matplotlib.pyplot as plt
     except ImportError as exc:  # pragma: no cover - depends on the installation
         raise ImportError(
-            "plotting needs matplotlib, an optional dependency: pip install skfmcib[plot]"
+            "plotting needs matplotlib, an optional dependency: pip install 'skfmcib[plot]'"
         ) from exc
     return plt
 

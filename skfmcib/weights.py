@@ -830,9 +830,10 @@ def _load_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     try:
         from safetensors import safe_open
     except ImportError as exc:
-        raise ImportError(
-            f"Reading {path} needs the optional 'safetensors' package (pip install "
-            "safetensors), or convert the file with torch.save."
+        # A CheckpointError, so that the commands say it in one line as any other.
+        raise CheckpointError(
+            f"{path}: reading .safetensors files needs the optional 'safetensors' package: "
+            "pip install 'skfmcib[safetensors]' (or convert the file with torch.save)"
         ) from exc
     try:
         with safe_open(str(path), framework="pt", device="cpu") as fh:
@@ -1473,8 +1474,8 @@ def save_checkpoint(
             from safetensors.torch import save_file
         except ImportError as exc:
             raise ImportError(
-                "Writing .safetensors files needs the optional 'safetensors' package "
-                "(pip install safetensors); use a .torch path otherwise."
+                "Writing .safetensors files needs the optional 'safetensors' package: "
+                "pip install 'skfmcib[safetensors]'; use a .torch path otherwise."
             ) from exc
         metadata = {"format": "pt", "encoder_config": json.dumps(config.to_dict())}
         for key, value in extra.items():

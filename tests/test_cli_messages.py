@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 import pandas as pd
@@ -182,7 +183,10 @@ def test_pretrain_names_its_flags_in_refused_values(one_lesion, tmp_path, capsys
     assert "_" not in err.split("must")[0], err  # no Python spelling before "must"
 
 
-def test_weights_messages_name_the_flags(one_lesion, tmp_path, capsys):
+def test_weights_messages_name_the_flags(one_lesion, tmp_path, capsys, monkeypatch):
+    from skfmcib import weights
+
+    monkeypatch.setattr(weights, "_NOTICES_SHOWN", set())  # shown once a process: again here
     # The official weights cannot be cached under a file: the way out is worded as flags.
     (tmp_path / "file").write_text("")
     cache = str(tmp_path / "file" / "sub")
@@ -191,3 +195,16 @@ def test_weights_messages_name_the_flags(one_lesion, tmp_path, capsys):
         assert main(argv) == 2
     err = _one_line_error(capsys, "pass --cache-dir", "pass --weights <path to the file>")
     assert "weights=" not in err and "cache_dir" not in err
+
+
+def test_missing_optional_packages_are_one_line_naming_the_extra(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "safetensors", None)
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"12345678{}")
+    assert main(["weights", "info", str(weights)]) == 1
+    _one_line_error(capsys, "pip install 'skfmcib[safetensors]'")
+    table = tmp_path / "seeds.parquet"
+    table.write_bytes(b"PAR1")
+    assert main(["pretrain", str(table), "-o", str(tmp_path / "p.pt")]) == 2
+    _one_line_error(capsys, "pip install 'skfmcib[parquet]' (or give a .csv table)")

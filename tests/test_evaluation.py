@@ -609,7 +609,7 @@ def test_plotting_without_matplotlib_names_the_extra(monkeypatch):
     from skfmcib.plotting import plot_roc
 
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
-    with pytest.raises(ImportError, match=r"pip install skfmcib\[plot\]"):
+    with pytest.raises(ImportError, match=r"pip install 'skfmcib\[plot\]'"):
         plot_roc([0, 1], {"a": [0.1, 0.9]})
 
 

@@ -277,7 +277,7 @@ def run(args: argparse.Namespace) -> int:
     if not can_plot:
         stages.note(
             "matplotlib is not installed, so no figures will be written "
-            "(pip install skfmcib[plot])"
+            "(pip install 'skfmcib[plot]')"
         )
 
     # 1. the encoder first: offline, the official weights fail here, within seconds
@@ -360,7 +360,7 @@ def run(args: argparse.Namespace) -> int:
     if figures:
         print(f"Figures in {s.out}: {', '.join(figures)}")
     elif not can_plot:
-        print("No figures: matplotlib is not installed (pip install skfmcib[plot]).")
+        print("No figures: matplotlib is not installed (pip install 'skfmcib[plot]').")
     print(f"Tables in {s.out}: results.csv, predictions.csv; cohort in {cohort_dir}")
     print(f"Total time: {stages.elapsed:.0f} s")
     return 0

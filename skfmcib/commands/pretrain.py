@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from .._precision import PRECISIONS
+from ..extract import ExtractError
 from ..io import ImageReadError
 from ..table import RowError
 from ..weights import CheckpointError, WeightsDownloadError
@@ -133,6 +134,9 @@ def read_seeds(path: str | os.PathLike) -> pd.DataFrame:
     """Read a seed table, resolving relative image paths against its folder."""
     path = Path(path)
     if path.suffix.lower() == ".parquet":
+        from ..extract import _require_pyarrow
+
+        _require_pyarrow("reading a .parquet table")
         table = pd.read_parquet(path)
         root = path.resolve().parent
         table["image_path"] = [
@@ -175,7 +179,14 @@ def run(args: argparse.Namespace) -> int:
             epochs_this_run=args.epochs_this_run,
             progress=not args.quiet,
         )
-    except (ValueError, RowError, ImageReadError, CheckpointError, FileNotFoundError) as exc:
+    except (
+        ValueError,
+        RowError,
+        ImageReadError,
+        CheckpointError,
+        FileNotFoundError,
+        ExtractError,
+    ) as exc:
         print(f"skfmcib pretrain: {message(str(exc))}", file=sys.stderr)
         return 2
     except WeightsDownloadError as exc:  # --init-weights fmcib, not cached, offline
