@@ -149,13 +149,13 @@ class FeatureCache:
         if recent is not None:
             return recent.copy()
         try:
-            value = np.load(self._file(full), allow_pickle=False)
+            with open(self._file(full), "rb") as fh:  # closed whatever np.load makes of it
+                value = np.load(fh, allow_pickle=False)
+                if not isinstance(value, np.ndarray):  # an .npz archive: not an entry
+                    return None
         except FileNotFoundError:
             return None
         except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # corrupt: put stores it again
-            return None
-        if not isinstance(value, np.ndarray):  # an .npz archive: not an entry
-            value.close()
             return None
         if value.ndim != 1 or value.dtype != np.float32 or not np.isfinite(value).all():
             return None  # not features: stored again by put

@@ -21,6 +21,7 @@ The encoder (torch) keeps its threads.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -368,18 +369,23 @@ def _metric_warnings() -> Iterator[None]:
     Other warnings are collected and shown once each (per category and place) on
     leaving, instead of once per resample.
     """
+    caught: list = []
+    failed = True
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             warnings.simplefilter("error", UndefinedMetricWarning)
             yield
+        failed = False
     finally:  # shown also when the bootstrap fails
         seen = set()
         for w in caught:
             key = (w.category, w.filename, w.lineno)
             if key not in seen:
                 seen.add(key)
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+                # A warning turned into an error must not hide the bootstrap's own.
+                with contextlib.suppress(Warning) if failed else contextlib.nullcontext():
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def _per_fold(

@@ -36,7 +36,8 @@ def check_csv_header(path: str | os.PathLike) -> None:
     """
     with open(path, newline="", encoding="utf-8-sig", errors="replace") as fh:
         # The first line that is not blank, as pandas takes it.
-        header = next((row for row in csv.reader(fh) if any(c.strip() for c in row)), [])
+        first = next((line for line in fh if line.strip()), "")
+    header = next(csv.reader([first]), [])
     twice = sorted({c for c in header if c in _READ_COLUMNS and header.count(c) > 1})
     if twice:
         raise ValueError(

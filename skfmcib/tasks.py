@@ -593,7 +593,8 @@ def _bootstrap_all(result: TaskResult, n_resamples, alpha, random_state) -> None
 
 
 def _check_features(X, task: str) -> None:
-    """Refuse a feature matrix with rows that are NaN throughout, naming them.
+    """Refuse a feature matrix with rows that are NaN throughout, or any infinite
+    value, naming the rows.
 
     Such rows are lesions whose features could not be computed
     (``FMCIBTransformer(on_error="nan")``): an imputer would make up every feature of
@@ -615,6 +616,12 @@ def _check_features(X, task: str) -> None:
             f"at positions {listing(list(bad))} (lesions whose features could not be "
             "computed: FMCIBTransformer(on_error='nan') leaves them NaN); drop those "
             "lesions, with their labels and groups, first"
+        )
+    infinite = np.flatnonzero(np.isinf(values).any(axis=1))
+    if len(infinite):
+        raise ValueError(
+            f"{task}: X has infinite features in {len(infinite)} of {len(values)} rows, at "
+            f"positions {listing(list(infinite))}; no model or imputer takes them"
         )
 
 
@@ -712,8 +719,9 @@ def evaluate_malignancy(
     ------
     ValueError
         Before anything is fitted, naming the positions: missing labels, feature rows
-        that are NaN throughout, missing patient ids in ``groups``; and a ``cv``
-        whose test sets do not partition the samples (each must be tested once).
+        that are NaN throughout or hold an infinite value, missing patient ids in
+        ``groups``; and a ``cv`` whose test sets do not partition the samples (each
+        must be tested once).
 
     Warns
     -----

@@ -335,6 +335,7 @@ def test_an_unreadable_entry_is_a_miss_and_is_written_again(
     entries[0].write_bytes(entries[0].read_bytes()[:20])  # truncated
     np.savez(entries[1].with_suffix(""), a=np.zeros(3))  # an .npz archive
     entries[1].with_suffix(".npz").replace(entries[1])
+    entries[2].write_bytes(b"PK\x03\x04" + b"\0" * 40)  # a zip cut short
     for patches in (1, 0):  # written again, then read
         # As in a new process: nothing kept in memory.
         monkeypatch.setattr(cache_module, "_RECENT", cache_module._Recent())
@@ -342,8 +343,8 @@ def test_an_unreadable_entry_is_a_miss_and_is_written_again(
         out = tiny(memory).fit().transform(table)
         # Encoded apart, the rows differ from their batch of 6 by float32 rounding.
         np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
-        assert encoder_calls.patches == 2 * patches
-    for entry in entries[:2]:
+        assert encoder_calls.patches == 3 * patches
+    for entry in entries[:3]:
         assert np.load(entry, allow_pickle=False).shape == (expected.shape[1],)
 
 

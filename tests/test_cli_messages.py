@@ -197,6 +197,17 @@ def test_weights_messages_name_the_flags(one_lesion, tmp_path, capsys, monkeypat
     assert "weights=" not in err and "cache_dir" not in err
 
 
+def test_a_diverged_loss_is_worded_with_flags():
+    from skfmcib import _training
+    from skfmcib.commands.pretrain import message
+
+    with pytest.raises(ValueError) as info:
+        _training.check_finite_loss(float("nan"), 1, 2, 0.3, "bf16")
+    assert "--precision bf16 may be the cause: try --precision fp32; else lower --lr" in message(
+        str(info.value)
+    )
+
+
 def test_missing_optional_packages_are_one_line_naming_the_extra(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "safetensors", None)
     monkeypatch.setitem(sys.modules, "pyarrow", None)

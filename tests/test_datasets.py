@@ -491,7 +491,7 @@ def test_reader_parses_other_columns_as_pandas_does_whatever_the_blank_lines(tmp
 
 
 def test_a_missing_coordinate_is_called_missing_however_written(tmp_path):
-    for cell in ("", "NA", "nan", "null"):
+    for cell in ("", "   ", "NA", "nan", "null"):
         csv = _write(tmp_path / "na.csv", f"image_path,coordX,coordY,coordZ\na,1,2,{cell}\n")
         with pytest.raises(ValueError, match="coordZ is missing in data row 0"):
             read_reference_csv(csv)

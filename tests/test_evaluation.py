@@ -841,6 +841,10 @@ def test_nan_feature_rows_and_missing_patient_ids_are_named():
     assert np.isfinite(
         evaluate_malignancy(imputing, X, y, n_resamples=5).metrics["roc_auc"].estimate
     )
+    X[7, 1] = np.inf  # which no imputer takes
+    with pytest.raises(ValueError, match=r"X has infinite features in 1 of 72 rows, at "
+                                         r"positions 7;"):  # fmt: skip
+        evaluate_malignancy(imputing, X, y, n_resamples=5)
     X, y, groups = _patients()
     groups = np.where(np.arange(72) < 3, np.nan, groups)
     for call in (
@@ -892,6 +896,10 @@ def test_a_metrics_warnings_reach_the_caller_when_the_bootstrap_fails():
         return float("nan")
 
     with pytest.warns(UserWarning, match="scores were clipped"):
+        with pytest.raises(ValueError, match="undefined on the whole sample"):
+            bootstrap_ci(metric, [0, 1, 0, 1], [0.1, 0.9, 0.2, 0.8], n_resamples=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the warning is an error: it does not hide the failure
         with pytest.raises(ValueError, match="undefined on the whole sample"):
             bootstrap_ci(metric, [0, 1, 0, 1], [0.1, 0.9, 0.2, 0.8], n_resamples=10)
 

@@ -40,6 +40,11 @@ PRETRAIN_FLAGS = {
     "temperature must": "--temperature must",
     "loss must": "--loss must",
     "precision must": "--precision must",
+    # The hint of a diverged loss.
+    "precision='bf16'": "--precision bf16",
+    "precision='fp16'": "--precision fp16",
+    "try 'fp32'": "try --precision fp32",
+    "lower lr": "lower --lr",
 }
 # Settings a refused resumption lists ("batch_size: 4 -> 2"), as flags.
 SETTING_FLAGS = {

@@ -116,7 +116,8 @@ def read_reference_csv(path: str | os.PathLike[str]) -> pd.DataFrame:
         if bad.any():
             pos = int(np.flatnonzero(bad)[0])
             raw_value = text[col].iloc[pos]
-            missing = pd.isna(table[col].iloc[pos])  # empty, NA, nan, null, ... as pandas reads
+            # Empty, spaces, NA, nan, null, ...: what pandas reads as missing.
+            missing = pd.isna(table[col].iloc[pos]) or not raw_value.strip()
             what = "missing" if missing else f"not a finite number: {raw_value!r}"
             raise ValueError(
                 f"{name}: {col} is {what} in data row {pos} (0-based, blank lines "
