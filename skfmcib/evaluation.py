@@ -410,9 +410,7 @@ def _per_fold(
             f"{name} is undefined in every one of the {len(fold_values)} folds (on fold "
             f"{fold_values[0]!r}: {reasons[0]}); more samples per fold or fewer folds may help"
         )
-    left_out = tuple(
-        k.item() if hasattr(k, "item") else k for k in fold_values if k not in defined
-    )
+    left_out = tuple(_plain(k) for k in fold_values if k not in defined)
 
     def mean_over_folds(idx: np.ndarray) -> float:
         fold_of = folds[idx]
@@ -916,20 +914,28 @@ def survival_auc(y, risk, *, horizon: float) -> float:
     """
     event, time = check_y_survival(y)
     risk = np.asarray(risk, dtype=float)
+    reason = _horizon_undefined(event, time, horizon, "sample")
+    if reason:
+        raise ValueError(f"survival_auc is undefined: {reason}")
     positive = event & (time <= horizon)
-    negative = time > horizon
-    if not negative.any():
-        raise ValueError(
-            f"survival_auc is undefined: no sample is followed beyond the horizon "
-            f"{horizon:g} (the longest time is {time.max():g}), so none is known to be "
-            "event-free then"
-        )
-    if not positive.any():
-        raise ValueError(
-            f"survival_auc is undefined: no event at or before the horizon {horizon:g}"
-        )
-    known = positive | negative
+    known = positive | (time > horizon)
     return rank_auc(positive[known], risk[known])
+
+
+def _horizon_undefined(event: np.ndarray, time: np.ndarray, horizon: float, unit: str) -> str:
+    """Why the AUC at ``horizon`` is undefined on these targets, or ''."""
+    if not (time > horizon).any():
+        return (
+            f"no {unit} is followed beyond the horizon {horizon:g} (the longest follow-up "
+            f"is {time.max():g}), so none is known to be event-free then; choose a horizon "
+            "within the follow-up"
+        )
+    if not (event & (time <= horizon)).any():
+        first = (
+            f"the first event is at {time[event].min():g}" if event.any() else "no event at all"
+        )
+        return f"no event at or before the horizon {horizon:g} ({first}); choose a later horizon"
+    return ""
 
 
 def horizon_status(y, horizon: float) -> np.ndarray:

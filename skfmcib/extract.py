@@ -42,7 +42,14 @@ from ._files import atomic_write
 from ._progress import Progress
 from ._text import counted, listing
 from .patches import HU_OFFSET, HU_SCALE, PATCH_SIZE, RowWarning
-from .table import COORD_COLUMNS, EXACT_CSV, RowError, check_csv_header, validate_table
+from .table import (
+    COORD_COLUMNS,
+    EXACT_CSV,
+    RowError,
+    _given,
+    check_csv_header,
+    validate_table,
+)
 from .transformer import FMCIBTransformer
 
 __all__ = [
@@ -750,13 +757,12 @@ def prepare_table(
 def _coordinates_given(table: pd.DataFrame) -> bool:
     """Whether a table with ``mask_path`` gives seeds: False when every row's coordinates
     are empty (its seeds come from the masks); an error when only some rows' are."""
-    coords = table[list(COORD_COLUMNS)]
-    empty = (coords.isna() | coords.apply(lambda c: c.astype(str).str.strip() == "")).all(axis=1)
+    empty = ~table[list(COORD_COLUMNS)].apply(lambda column: column.map(_given)).any(axis=1)
     if not empty.any():
         return True
     if empty.all():
         return False
-    masked = table["mask_path"].notna() & (table["mask_path"].astype(str).str.strip() != "")
+    masked = table["mask_path"].map(_given)
     rows = list(table.index[(empty & masked).to_numpy()])
     if not rows:
         return True  # rows without seeds or masks: each is reported as a bad row

@@ -19,7 +19,7 @@ import pandas as pd
 
 from ._text import counted
 from .io import ImageReadError, read_image
-from .table import RowError
+from .table import RowError, _given
 
 __all__ = ["MASK_COLUMNS", "read_label_image", "seeds_from_masks"]
 
@@ -270,11 +270,6 @@ def seeds_from_masks(
         if pd.api.types.is_integer_dtype(out[col]) or pd.api.types.is_float_dtype(out[col]):
             out[col] = out[col].astype(np.int64)  # row labels stay as they are otherwise
     return out
-
-
-def _given(value) -> bool:
-    """Whether a table cell holds a value (not missing, not empty text)."""
-    return not (pd.isna(value) or (isinstance(value, str) and not value.strip()))
 
 
 def _label_value(value) -> int | None:

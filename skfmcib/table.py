@@ -157,9 +157,14 @@ def validate_table(table: pd.DataFrame, coordinate_system: str = "LPS") -> pd.Da
 
 
 def _path_str(p) -> str:
-    if p is None or p is pd.NA or p is pd.NaT or (isinstance(p, float) and np.isnan(p)):
-        return ""  # missing, whatever the column's type (NaN, None, pd.NA)
+    if p is None or (pd.api.types.is_scalar(p) and pd.isna(p)):
+        return ""  # missing, whatever the column's type (NaN, None, pd.NA, NaT)
     return str(p)
+
+
+def _given(value) -> bool:
+    """Whether a table cell holds a value (not missing, not empty text)."""
+    return bool(_path_str(value).strip())
 
 
 def row_problem(rec: pd.Series) -> str:

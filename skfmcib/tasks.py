@@ -61,6 +61,7 @@ from .evaluation import (
     BootstrapCI,
     _check_groups,
     _grouped_splits,
+    _horizon_undefined,
     _inner_groups,
     bootstrap_ci,
     bootstrap_ci_difference,
@@ -654,18 +655,9 @@ def _check_survival(y) -> np.ndarray:
 def _check_horizon(y, horizon: float, label: str) -> None:
     """Refuse a horizon at which the horizon AUC is undefined on the whole cohort."""
     event, time = check_y_survival(y)
-    if not (time > horizon).any():
-        raise ValueError(
-            f"survival: the {label} is undefined: no lesion is followed beyond the horizon "
-            f"{horizon:g} (the longest follow-up is {time.max():g}), so none is known to be "
-            "event-free then; choose a horizon within the follow-up"
-        )
-    if not (event & (time <= horizon)).any():
-        raise ValueError(
-            f"survival: the {label} is undefined: no event at or before the horizon "
-            f"{horizon:g} (the first event is at {time[event].min():g}); choose a later "
-            "horizon"
-        )
+    reason = _horizon_undefined(event, time, horizon, "lesion")
+    if reason:
+        raise ValueError(f"survival: the {label} is undefined: {reason}")
 
 
 def _check_binary(y) -> np.ndarray:
