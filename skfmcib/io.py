@@ -179,6 +179,12 @@ def _pick_series(directory: Path, uids: list[str], series_uid: str | None) -> st
                 f"{directory}: directory holds {len(uids)} DICOM series "
                 f"({', '.join(map(repr, uids))}); give the one to use as series_uid "
                 "(a 'series_uid' column in the table)"
+                + (
+                    "; the series without a SeriesInstanceUID ('') cannot be named in a "
+                    "table: move it to a folder of its own"
+                    if "" in uids
+                    else ""
+                )
             )
         return uids[0]
     if series_uid not in uids:
@@ -292,32 +298,46 @@ def _gzip_content_bytes(path: Path) -> int:
     return total
 
 
-def _check_slice_gaps(path: Path, distances: list[float]) -> None:
-    """Reject a DICOM series with missing slices (a gap in the slice positions)."""
+def _check_slice_gaps(path: Path, distances: list[float], names: list[str] | None = None) -> None:
+    """Reject a DICOM series whose slices are not evenly spaced: a missing slice (a gap),
+    an extra or repeated one (a short step). ``names`` are the slices' files, in the
+    order of ``distances``, for the message."""
     if len(distances) < 3:
         return
-    ordered = np.sort(np.asarray(distances, dtype=np.float64))
+    distances = np.asarray(distances, dtype=np.float64)
+    order = np.argsort(distances, kind="stable")
+    ordered = distances[order]
     steps = np.diff(ordered)
     step = float(np.median(steps))
-    worst = int(np.argmax(steps))
-    if step > 0 and steps[worst] > 1.5 * step:
-        raise ImageReadError(
-            f"{path}: the slices are not evenly spaced (missing slices?): their positions "
-            f"jump {steps[worst]:.2f} mm (from {ordered[worst]:.2f} to "
-            f"{ordered[worst + 1]:.2f} mm along the stack) where slices are {step:.2f} mm "
-            "apart; a volume needs evenly spaced slices"
-        )
+    if step <= 0:
+        return  # most slices at one position: refused by the caller's own checks
+    # Positions are written rounded (0.625 mm slices at 0.62 and 0.63 mm): 10 % of the
+    # step is rounding; more is another spacing, which one volume cannot hold.
+    worst = int(np.argmax(np.abs(steps - step)))
+    if abs(steps[worst] - step) <= 0.1 * step:
+        return
+    between = f"from {ordered[worst]:.2f} to {ordered[worst + 1]:.2f} mm along the stack"
+    if names is not None:
+        a, b = (Path(names[order[k]]).name for k in (worst, worst + 1))
+        between = f"{a} to {b}, {between}"
+    what = "missing slices?" if steps[worst] > step else "an extra or repeated slice?"
+    raise ImageReadError(
+        f"{path}: the slices are not evenly spaced ({what}): their positions "
+        f"step {steps[worst]:.2f} mm ({between}) where slices are {step:.2f} mm "
+        "apart; a volume needs evenly spaced slices"
+    )
 
 
 def _check_series_gaps(path: Path, reader: sitk.ImageSeriesReader, image: sitk.Image) -> None:
     normal = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)[:, 2]
     distances = []
-    for k in range(len(reader.GetFileNames())):
+    files = list(reader.GetFileNames())
+    for k in range(len(files)):
         if not reader.HasMetaDataKey(k, "0020|0032"):
             return
         position = [float(v) for v in reader.GetMetaData(k, "0020|0032").split("\\")]
         distances.append(float(normal @ np.asarray(position)))
-    _check_slice_gaps(path, distances)
+    _check_slice_gaps(path, distances, files)
 
 
 def read_geometry(path: str | os.PathLike, series_uid: str | None = None) -> Geometry:
@@ -949,7 +969,19 @@ _DICOM_TAGS = [
     "PhotometricInterpretation",
     "RescaleSlope",
     "RescaleIntercept",
+    "SOPClassUID",
 ]
+# Storage classes whose geometry GDCM takes from PixelSpacing and ImagePositionPatient,
+# as the headers are read here: CT, MR and PET images. Others (CR, RT Image, NM,
+# secondary capture, private classes) take their spacing or origin from elsewhere, or
+# are not series to GDCM; SimpleITK reads those.
+_SLICE_CLASSES = frozenset(
+    {
+        "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
+        "1.2.840.10008.5.1.4.1.1.4",  # MR Image Storage
+        "1.2.840.10008.5.1.4.1.1.128",  # Positron Emission Tomography Image Storage
+    }
+)
 # Slices decoded and kept per series, so that nearby lesions share them.
 _DICOM_CACHE_BYTES = 64 << 20
 
@@ -969,7 +1001,11 @@ def _dicom_headers(directory: Path) -> dict[str, list[tuple[str, object]]]:
 
     series: dict[str, list[tuple[str, object]]] = {}
     with os.scandir(directory) as it:
-        entries = sorted((e for e in it if e.is_file()), key=lambda e: e.name)
+        # GDCM leaves hidden files out (".IM0001.dcm", AppleDouble "._IM0001.dcm", the
+        # partial copies rsync leaves behind), so they are not slices here either.
+        entries = sorted(
+            (e for e in it if e.is_file() and not e.name.startswith(".")), key=lambda e: e.name
+        )
     for entry in entries:
         try:
             ds = pydicom.dcmread(entry.path, stop_before_pixels=True, specific_tags=_DICOM_TAGS)
@@ -988,6 +1024,13 @@ def _dicom_headers(directory: Path) -> dict[str, list[tuple[str, object]]]:
             continue  # a DICOMDIR, a structured report, a file that only looks like DICOM
         series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((entry.path, ds))
     return series
+
+
+def _sop_class(ds) -> str:
+    """The storage class as GDCM takes it: the file meta's, else the data set's."""
+    meta = getattr(ds, "file_meta", None)
+    uid = str((meta.get("MediaStorageSOPClassUID", "") if meta is not None else "") or "")
+    return uid or str(ds.get("SOPClassUID", "") or "")
 
 
 def _is_image(ds) -> bool:
@@ -1022,6 +1065,8 @@ def _dicom_series_layout(
     spacing = _float_list(first.get("PixelSpacing"), 2)
     rows, cols = first.get("Rows"), first.get("Columns")
     if iop is None or spacing is None or not rows or not cols:
+        return None
+    if any(_sop_class(ds) not in _SLICE_CLASSES for _, ds in headers):
         return None
     slices = []
     odd_size, odd_orientation = [], []
@@ -1166,18 +1211,20 @@ def _dicom_pixels(info: _DicomSlice, rows: int, cols: int) -> np.ndarray:
     transfer syntaxes pydicom cannot decode here."""
     import pydicom
 
+    why = ""
     try:
         raw = pydicom.dcmread(info.file).pixel_array
-    except Exception:  # noqa: BLE001 - any decoder problem: let GDCM try
-        raw = None
+    except Exception as exc:  # noqa: BLE001 - any decoder problem: let GDCM try
+        raw, why = None, _first_line(exc)
     if raw is not None and raw.shape == (rows, cols):
         return _rescaled(raw, info.slope, info.intercept)
     try:
         image = _sitk().ReadImage(info.file)  # GDCM applies the rescale itself
     except RuntimeError as exc:
-        raise ImageReadError(
-            f"{info.file}: cannot read DICOM pixels ({_first_line(exc)})"
-        ) from exc
+        # pydicom's reason first: it knows a truncated file as one, where GDCM only
+        # finds no reader for it.
+        reasons = "; ".join(r for r in (why, f"GDCM: {_first_line(exc)}") if r)
+        raise ImageReadError(f"{info.file}: cannot read DICOM pixels ({reasons})") from exc
     return _sitk().GetArrayFromImage(image).reshape(rows, cols)
 
 
@@ -1298,7 +1345,9 @@ def _open_dicom_directory(path: Path, series_uid: str | None) -> ImageSource:
         return source
     geometry, slices = layout
     normal = geometry.direction[:, 2]
-    _check_slice_gaps(path, [float(normal @ sl.position) for sl in slices])
+    _check_slice_gaps(
+        path, [float(normal @ sl.position) for sl in slices], [sl.file for sl in slices]
+    )
     return _DicomSource(str(path), geometry, slices)
 
 

@@ -536,6 +536,95 @@ def test_a_folder_holding_one_multi_frame_file_is_read_as_that_file(tmp_path):
     np.testing.assert_array_equal(open_image(directory).read_region([0, 0, 0], [24, 20, 6]), hu)
 
 
+def test_hidden_files_are_not_slices_as_for_gdcm(tmp_path):
+    directory, _ = _series(tmp_path)
+    top = pydicom.dcmread(directory / "slice007.dcm")
+    top.ImagePositionPatient = [*top.ImagePositionPatient[:2], top.ImagePositionPatient[2] + 2]
+    top.SOPInstanceUID = top.SOPInstanceUID + ".9"
+    top.save_as(directory / ".slice008.dcm")  # a hidden slice beyond the top
+    data = (directory / "slice003.dcm").read_bytes()
+    (directory / ".slice003.dcm.Xy12ab").write_bytes(data[: len(data) // 2])  # rsync's copy
+    (directory / "._slice004.dcm").write_bytes(data[:4096])  # AppleDouble
+    assert open_image(directory).geometry.size[2] == 8
+    assert open_image(directory).strategy == "dicom"
+    _same_as_simpleitk(directory)
+
+
+def _move(directory: Path, name: str, dz: float) -> None:
+    def shift(ds):
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [x, y, z + dz]
+
+    _rewrite(directory / name, shift)
+
+
+@pytest.mark.parametrize("reader", [open_image, read_image])
+@pytest.mark.parametrize(
+    ("dz", "step", "what"),
+    [
+        (-1.0, "1.00", "an extra or repeated slice"),  # a step of 1 mm among 2 mm
+        (-1.999, "0.00", "an extra or repeated slice"),  # nearly at the slice below
+        (0.9, "2.90", "missing slices"),  # 1.45 times the spacing (then 1.10)
+    ],
+)
+def test_uneven_slice_steps_are_refused_naming_the_files(tmp_path, reader, dz, step, what):
+    directory, _ = _series(tmp_path)
+    _move(directory, "slice004.dcm", dz)
+    with pytest.raises(ImageReadError, match=rf"\({what}\?\): their positions step {step} mm "
+                                         r"\(slice003\.dcm to slice004\.dcm"):  # fmt: skip
+        reader(directory)
+
+
+def test_positions_rounded_in_the_headers_are_one_spacing(tmp_path):
+    directory, _ = _series(tmp_path)
+    for k, dz in ((2, 0.01), (5, -0.01), (6, 0.005)):  # as written with two decimals
+        _move(directory, f"slice{k:03d}.dcm", dz)
+    assert open_image(directory).strategy == "dicom"
+    _same_as_simpleitk(directory)
+
+
+@pytest.mark.parametrize(
+    "sop_class",
+    [
+        "1.2.840.10008.5.1.4.1.1.1",  # computed radiography: ImagerPixelSpacing to GDCM
+        "1.2.840.10008.5.1.4.1.1.481.1",  # RT Image
+        "1.2.840.10008.5.1.4.1.1.20",  # nuclear medicine: no origin from the headers
+    ],
+)
+def test_storage_classes_with_other_geometry_are_read_by_simpleitk(tmp_path, sop_class):
+    directory, _ = _series(tmp_path)
+    for f in directory.iterdir():
+
+        def change(ds):
+            ds.SOPClassUID = sop_class
+            ds.file_meta.MediaStorageSOPClassUID = sop_class
+
+        _rewrite(f, change)
+    assert open_image(directory).strategy == "whole"
+    _same_as_simpleitk(directory)
+
+
+def test_a_truncated_slice_is_named_with_pydicoms_reason(tmp_path):
+    directory, _ = _series(tmp_path)
+    data = (directory / "slice003.dcm").read_bytes()
+    (directory / "slice003.dcm").write_bytes(data[:-200])
+    with pytest.raises(ImageReadError, match=r"slice003\.dcm: cannot read DICOM pixels \(The "
+                                         r"number of bytes of pixel data is less than "
+                                         r"expected.*; GDCM: "):  # fmt: skip
+        open_image(directory).read_region([0, 0, 0], [24, 20, 8])
+
+
+def test_a_series_without_uid_beside_another_is_explained(tmp_path):
+    directory, _ = _series(tmp_path)
+    for f in directory.iterdir():
+        _rewrite(f, lambda ds: setattr(ds, "SeriesInstanceUID", ""))
+    write_dicom_series(directory, _noise((4, 20, 24)), series_uid="1.2.826.0.1.7", prefix="b")
+    explained = r"without a SeriesInstanceUID \(''\) cannot be named in a table: move it"
+    with pytest.raises(ImageReadError, match=explained):
+        open_image(directory)
+    assert open_image(directory, "").geometry.size[2] == 8
+
+
 # --- headers and files that SimpleITK reads, read the same way ----------------------------
 
 
