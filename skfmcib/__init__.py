@@ -17,12 +17,13 @@ with gc_paused():  # scikit-learn and SciPy create many long-lived objects
 
 __version__ = "0.1.0"
 
-# Imported on first use: they pull in scikit-survival and the training code.
+# Imported on first use: they pull in scikit-survival and the training code. No name
+# here is also a submodule's (importing ``skfmcib.pretrain`` would rebind it): the
+# pretraining function is ``skfmcib.pretrain.pretrain``.
 _LAZY = {
     "FMCIBClassifier": "skfmcib.finetune",
     "FMCIBSurvivalAnalysis": "skfmcib.finetune",
     "RadiomicsTransformer": "skfmcib.radiomics",
-    "pretrain": "skfmcib.pretrain",
     "make_lesion_cohort": "skfmcib.datasets",
 }
 

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 from . import __version__
 
+__all__ = ["build_parser", "main"]
+
 # Subcommand modules, in the order ``skfmcib --help`` lists them. A module that cannot
 # be imported (an optional dependency missing) is left out of the listing.
 COMMANDS = [
@@ -22,7 +24,14 @@ COMMANDS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every available subcommand."""
+    """The argument parser with every available subcommand.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        ``skfmcib``'s parser; a subcommand whose module cannot be imported (an optional
+        dependency missing) is left out.
+    """
     parser = argparse.ArgumentParser(
         prog="skfmcib",
         description="FMCIB foundation-model features for lesions in CT scans.",
@@ -41,13 +50,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status.
+    """Run the command line.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        The arguments after ``skfmcib`` (``sys.argv[1:]`` when omitted).
+
+    Returns
+    -------
+    int
+        The exit status: 0 done; 1 done in part or not there (rows that failed in
+        ``extract`` or ``qc``, weights not downloaded yet for ``weights path``); 2 an
+        error; 130 interrupted. ``--help``,
+        ``--version`` and arguments argparse refuses raise :class:`SystemExit`, as
+        argparse does.
 
     Examples
     --------
+    >>> import tempfile
     >>> from skfmcib.cli import main
-    >>> main(["--version"])  # doctest: +SKIP
-    skfmcib 0.1.0
+    >>> main(["weights", "path", "--cache-dir", tempfile.mkdtemp()])  # doctest: +ELLIPSIS
+    /...model_weights.torch
+    1
     """
     try:
         # Building the parser imports the commands (torch among them: a second or two).

@@ -230,6 +230,8 @@ def malignancy_pipeline(
 
     On lesion tables, with the official FMCIB weights:
 
+    >>> from skfmcib import make_lesion_cohort
+    >>> cohort = make_lesion_cohort(60, "data/synthetic", random_state=0)  # doctest: +SKIP
     >>> model = malignancy_pipeline("fmcib")  # doctest: +SKIP
     >>> model.fit(cohort, cohort["malignant"])  # doctest: +SKIP
     """

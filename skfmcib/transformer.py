@@ -585,7 +585,10 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
         warnings.warn(warning, stacklevel=4)
 
     def get_feature_names_out(self, input_features=None):
-        """Names of the output features, ``fmcib_0`` ... ``fmcib_4095``.
+        """Names of the output features: ``fmcib_0``, ``fmcib_1``, ...
+
+        One per feature, up to ``fmcib_{n_features_out_ - 1}`` (``fmcib_4095`` for the
+        FMCIB ResNet-50).
 
         Parameters
         ----------

@@ -322,6 +322,29 @@ print("ok")
     assert done.stdout.strip() == "ok"
 
 
+def test_each_top_level_name_is_one_object_however_it_is_reached():
+    import subprocess
+    import sys
+
+    # A name exported lazily must not share its name with a submodule: importing the
+    # submodule rebinds the package's attribute, so the name would change meaning.
+    code = """
+import importlib, pkgutil, skfmcib
+names = list(skfmcib.__all__)
+first = {n: getattr(skfmcib, n) for n in names}
+for m in pkgutil.iter_modules(skfmcib.__path__):
+    importlib.import_module("skfmcib." + m.name)
+ns = {}
+exec("from skfmcib import *", ns)
+changed = [n for n in names if getattr(skfmcib, n) is not first[n] or ns[n] is not first[n]]
+assert not changed, changed
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
 @pytest.mark.parametrize(
     ("cuda", "hip", "expected"),
     [("None", "None", False), ("'12.4'", "None", True), ("None", "'6.2'", True)],
