@@ -27,13 +27,16 @@ class Progress:
         self.total = int(total)
         self.unit = unit
         self.stream = sys.stderr if stream is None else stream
-        if enabled == "auto":
+        if isinstance(enabled, str):
+            if enabled != "auto":
+                raise ValueError(f"progress must be True, False or 'auto', got {enabled!r}")
             isatty = getattr(self.stream, "isatty", lambda: False)
             enabled = bool(isatty()) and self.total >= min_total
         self.enabled = bool(enabled)
         self.done = 0
         self._start = time.perf_counter()
         self._last = 0.0
+        self._width = 0  # of the line drawn last, to blank what a shorter one leaves
 
     def __enter__(self) -> Progress:
         return self
@@ -47,14 +50,16 @@ class Progress:
         now = time.perf_counter()
         if self.enabled and (now - self._last >= 0.1 or self.done >= self.total):
             self._last = now
-            self.stream.write("\r" + self.line(now))
+            line = self.line(now)
+            self.stream.write("\r" + line.ljust(self._width))
+            self._width = len(line)
             self.stream.flush()
 
     def line(self, now: float | None = None) -> str:
         """The text of the progress line."""
         elapsed = (time.perf_counter() if now is None else now) - self._start
         rate = self.done / elapsed if elapsed > 0 else 0.0
-        left = (self.total - self.done) / rate if rate > 0 else float("nan")
+        left = max(self.total - self.done, 0) / rate if rate > 0 else float("nan")
         eta = "--:--" if left != left else f"{int(left // 60):02d}:{int(left % 60):02d}"
         pct = 100.0 * self.done / self.total if self.total else 100.0
         return (

@@ -4,11 +4,15 @@
 images to a worker with ``client.submit``. Every worker process loads the encoder
 once, on the first chunk it receives, and keeps it for the others (a cache keyed
 by the transformer's parameters); the driver writes each finished chunk as a part
-file, so a distributed run resumes like a local one. The numbers are those of a
-local run: the same chunks go through the same code.
+file, so a distributed run resumes like a local one. The same chunks go through the
+same code as in a local run; the features equal a local run's to float32 rounding
+(about 1e-6 relative: a worker's torch threads sum in another order than the local
+process's).
 
 Workers read the images and the checkpoint themselves: the paths in the table and
-``weights`` must mean the same files on every worker (a shared file system).
+``weights`` must mean the same files on every worker (a shared file system). Relative
+paths are made absolute where the run starts. A worker that finds the weights file
+replaced since it loaded it (another size, modification time or inode) loads it again.
 
 Needs the optional ``distributed`` package: ``pip install 'skfmcib[dask]'``.
 """
@@ -16,9 +20,11 @@ Needs the optional ``distributed`` package: ``pip install 'skfmcib[dask]'``.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import uuid
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -28,7 +34,8 @@ from .transformer import FMCIBTransformer
 
 __all__ = ["get_client", "map_chunks", "worker_transformer"]
 
-_CACHE: dict[str, tuple[FMCIBTransformer, threading.Lock]] = {}
+# Per parameters: the weights file's identity when loaded, the fitted transformer, its lock.
+_CACHE: dict[str, tuple[tuple | None, FMCIBTransformer, threading.Lock]] = {}
 _CACHE_LOCK = threading.Lock()
 
 
@@ -47,8 +54,22 @@ def _cache_key(params: Mapping[str, Any]) -> str:
     return json.dumps({k: params[k] for k in sorted(params)}, sort_keys=True, default=repr)
 
 
+def _file_identity(weights: Any) -> tuple | None:
+    """Path, size, modification time and inode of a weights file; None for others."""
+    if not isinstance(weights, (str, os.PathLike)):
+        return None
+    try:
+        st = os.stat(weights)
+    except (OSError, ValueError):
+        return None  # a registry name, or a file the load will report as missing
+    return (os.path.abspath(weights), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
 def worker_transformer(params: Mapping[str, Any]) -> tuple[FMCIBTransformer, threading.Lock]:
     """The fitted transformer for ``params`` in this process, loaded on first use.
+
+    A weights file that was replaced or rewritten since (another size, modification
+    time or inode) is loaded again.
 
     Parameters
     ----------
@@ -73,13 +94,15 @@ def worker_transformer(params: Mapping[str, Any]) -> tuple[FMCIBTransformer, thr
     (True, 128)
     """
     key = _cache_key(params)
+    identity = _file_identity(params.get("weights"))
     with _CACHE_LOCK:
         entry = _CACHE.get(key)
-        if entry is None:
+        if entry is None or entry[0] != identity:
+            _CACHE.pop(key, None)  # the old encoder goes before the new one loads
             model = FMCIBTransformer(**dict(params)).set_params(on_error="nan", progress=False)
-            entry = (model.fit(None), threading.Lock())
+            entry = (identity, model.fit(None), threading.Lock())
             _CACHE[key] = entry
-    return entry
+    return entry[1], entry[2]
 
 
 def _encode_on_worker(params: Mapping[str, Any], sub: pd.DataFrame) -> ChunkResult:
@@ -107,12 +130,28 @@ def get_client(scheduler: Any):
     if isinstance(scheduler, distributed.Client):
         return scheduler, False
     text = str(scheduler)
+    if text.endswith(".json") and not Path(text).is_file():
+        # distributed waits for a scheduler file to appear, whatever the timeout
+        raise ExtractError(f"no Dask scheduler file at {text}")
     try:
         if text.endswith(".json"):
             return distributed.Client(scheduler_file=text, timeout="30s"), True
         return distributed.Client(text, timeout="30s"), True
     except (OSError, TimeoutError, ValueError) as exc:
         raise ExtractError(f"cannot reach the Dask scheduler at {text}: {exc}") from exc
+
+
+def _absolute_paths(params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` with a relative weights file or cache folder made absolute: workers
+    run in folders of their own."""
+    params = dict(params)
+    weights = params.get("weights")
+    if isinstance(weights, (str, os.PathLike)) and Path(weights).expanduser().is_file():
+        params["weights"] = str(Path(weights).expanduser().resolve())
+    for name in ("cache_dir", "memory"):  # memory: a folder, or a joblib.Memory
+        if isinstance(params.get(name), (str, os.PathLike)):
+            params[name] = str(Path(params[name]).expanduser().resolve())
+    return params
 
 
 def map_chunks(
@@ -138,6 +177,7 @@ def map_chunks(
         Its features and failed rows, in the chunk's row order.
     """
     distributed = _require_distributed()
+    params = _absolute_paths(params)
     client, owned = get_client(scheduler)
     try:
         futures = {}

@@ -23,6 +23,7 @@ from __future__ import annotations
 from numbers import Real
 
 import numpy as np
+import pandas as pd
 from scipy import ndimage
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
@@ -133,9 +134,9 @@ def radiomics_features(
 
     Parameters
     ----------
-    patch : ndarray of shape (50, 50, 50)
+    patch : ndarray of shape (50, 50, 50) or (1, 50, 50, 50)
         A patch as :func:`skfmcib.load_patches` returns it: ``(HU + 1024) / 3072`` at
-        1 mm, the seed at the centre.
+        1 mm, the seed at the centre. Other shapes are refused.
     min_tolerance_hu : float, default=30.0
         A voxel belongs to the region when its smoothed intensity differs from the
         seed's by at most half the seed-background contrast, or this, whichever is larger.
@@ -166,7 +167,7 @@ def radiomics_features(
     """
     _check_settings(min_tolerance_hu, max_radius_mm, smoothing_mm)
     patch = np.asarray(patch, dtype=np.float64)
-    if patch.size != PATCH_SIZE**3:
+    if patch.shape not in ((PATCH_SIZE,) * 3, (1,) + (PATCH_SIZE,) * 3):
         raise ValueError(
             f"patch has shape {patch.shape}; expected (50, 50, 50) (or (1, 50, 50, 50)), a "
             "patch as skfmcib.load_patches returns it"
@@ -375,13 +376,18 @@ class RadiomicsTransformer(TransformerMixin, BaseEstimator):
         check_is_fitted(self, "n_features_out_")
         patches = as_patches(X, coordinate_system=self.coordinate_system, on_error=self.on_error)
         out = np.empty((len(patches), self.n_features_out_))
+        labels = X.index if isinstance(X, pd.DataFrame) else None
         for i, patch in enumerate(patches):
-            out[i] = radiomics_features(
-                patch[0],
-                min_tolerance_hu=self.min_tolerance_hu,
-                max_radius_mm=self.max_radius_mm,
-                smoothing_mm=self.smoothing_mm,
-            )
+            try:
+                out[i] = radiomics_features(
+                    patch[0],
+                    min_tolerance_hu=self.min_tolerance_hu,
+                    max_radius_mm=self.max_radius_mm,
+                    smoothing_mm=self.smoothing_mm,
+                )
+            except ValueError as exc:
+                where = f"row {labels[i]}" if labels is not None else f"patch {i}"
+                raise ValueError(f"{where}: {exc}") from None
         return out
 
     def get_feature_names_out(self, input_features=None):

@@ -56,7 +56,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     Raises
     ------
     ValueError
-        For an unknown device string or a CUDA device that is not available.
+        For an unknown device string or a device that is not available (CUDA, MPS,
+        XPU; device types torch cannot tell the availability of are refused too).
 
     Examples
     --------
@@ -78,6 +79,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
                 f"device {device!r} asked for, but only {torch.cuda.device_count()} "
                 "CUDA device(s) exist"
             )
+    elif dev.type != "cpu":
+        # mps, xpu, ...: asked for where torch has no such device, fail here, not in fit
+        backend = getattr(torch.backends, dev.type, None) or getattr(torch, dev.type, None)
+        available = getattr(backend, "is_available", None)
+        if available is None or not available():
+            raise ValueError(f"device {device!r} asked for, but it is not available here")
     return dev
 
 
@@ -289,8 +296,10 @@ def auto_batch_size(
     """A batch size for ``encoder`` on ``device``: sized to free memory on CUDA.
 
     On CUDA one probe batch of 2 patches measures the memory a patch takes, and the
-    batch is what half the free memory holds (a multiple of 8, at most ``cap``). On
-    other devices larger batches do not run faster: 8.
+    batch is what half the free memory holds (a multiple of 8, at most ``cap``). The
+    probe resets the device's peak-memory statistics
+    (``torch.cuda.reset_peak_memory_stats``): read ``torch.cuda.max_memory_allocated``
+    before, if you track it. On other devices larger batches do not run faster: 8.
 
     Parameters
     ----------

@@ -134,3 +134,45 @@ def test_grid_search_under_the_dask_joblib_backend(client, study):
         search.fit(table, y)
     assert search.best_params_["logisticregression__C"] in (0.1, 1.0)
     assert search.predict(table).shape == (10,)
+
+
+def test_relative_weights_path_is_the_driver_s_file(client, study, tmp_path, monkeypatch):
+    # The workers run in the folder the cluster started in, not in the driver's.
+    monkeypatch.chdir(study)
+    model = FMCIBTransformer(weights="tiny.torch", device="cpu")
+    remote = extract(
+        "seeds.csv", tmp_path / "dask.csv", transformer=model, scheduler=client.scheduler.address
+    )
+    local = extract("seeds.csv", tmp_path / "local.csv", transformer=model)
+    assert remote.n_written == 10
+    np.testing.assert_array_equal(features(remote.out), features(local.out))
+
+
+def test_workers_load_a_replaced_weights_file_again(client, study, tmp_path):
+    weights = tmp_path / "w.torch"
+    for seed in (1, 2):  # a new file renamed over the old one, as the docs advise
+        net, _ = load_encoder(None, config=EncoderConfig("resnet10", 0.25), random_state=seed)
+        save_checkpoint(net, tmp_path / "new.torch")
+        os.replace(tmp_path / "new.torch", weights)
+        model = FMCIBTransformer(weights=weights, device="cpu")
+        remote = extract(
+            study / "seeds.csv",
+            tmp_path / f"dask{seed}.csv",
+            transformer=model,
+            chunk_size=2,  # chunks for both workers, each run
+            scheduler=client.scheduler.address,
+        )
+        local = extract(study / "seeds.csv", tmp_path / f"local{seed}.csv", transformer=model)
+        np.testing.assert_array_equal(features(remote.out), features(local.out))
+    assert not np.allclose(features(tmp_path / "dask1.csv"), features(tmp_path / "dask2.csv"))
+
+
+def test_a_missing_scheduler_file_is_an_error_at_once(study, tmp_path):
+    from skfmcib.extract import ExtractError
+
+    model = FMCIBTransformer(weights=study / "tiny.torch", device="cpu")
+    with pytest.raises(ExtractError, match=r"no Dask scheduler file at .*none\.json"):
+        extract(
+            study / "seeds.csv", tmp_path / "f.csv", transformer=model,
+            scheduler=str(tmp_path / "none.json"),
+        )  # fmt: skip

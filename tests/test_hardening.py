@@ -417,3 +417,25 @@ def test_missing_data_file_of_a_header_is_named(good_ct, tmp_path):
     (tmp_path / "ct.raw").unlink()
     err = row_error(table_of(header))
     assert f"the data file its header names, {tmp_path / 'ct.raw'}, does not exist" in err.reason
+
+
+# --- the progress line -----------------------------------------------------------------------
+
+
+def test_progress_line_blanks_what_a_shorter_line_leaves():
+    import io
+
+    from skfmcib._progress import Progress
+
+    stream = io.StringIO()
+    bar = Progress(1000, enabled=True, unit="items", stream=stream)
+    bar._start -= 1.0  # 1000 items a second, then far fewer
+    bar.update(1000)
+    bar._start -= 1000.0
+    bar._last = 0.0
+    bar.update(1)  # overshoot: no time left, not a negative one
+    drawn = stream.getvalue().split("\r")[1:]
+    assert len(drawn) == 2 and len(drawn[1]) >= len(drawn[0])
+    assert drawn[1].rstrip().endswith("ETA 00:00")
+    with pytest.raises(ValueError, match="progress must be True, False or 'auto', got 'false'"):
+        Progress(10, enabled="false")

@@ -102,8 +102,16 @@ def test_entropy_bins_whole_hu_values_of_float32_patches_exactly(pair):
 def test_the_function_checks_its_input_and_settings():
     with pytest.raises(ValueError, match=r"patch has shape \(40, 40, 40\)"):
         radiomics_features(np.zeros((40, 40, 40)))
+    for shape in ((50, 2500), (125000,), (2, 50, 50, 25)):  # the right size, not a cube
+        with pytest.raises(ValueError, match=rf"patch has shape \({shape[0]},"):
+            radiomics_features(np.zeros(shape))
+    assert radiomics_features(normalised(np.zeros((1, 50, 50, 50)))).shape == (22,)
     with pytest.raises(ValueError, match=r"a patch in HU\?"):
         radiomics_features(np.where(R <= 5, 40.0, -1000.0))  # HU, not normalised
+    patches = normalised(np.zeros((3, 50, 50, 50)))
+    patches[2] = np.where(R <= 5, 40.0, -1000.0)
+    with pytest.raises(ValueError, match=r"^patch 2: patch values span"):
+        RadiomicsTransformer().fit().transform(patches)
     for name, value in (("max_radius_mm", 40), ("smoothing_mm", -1), ("min_tolerance_hu", -5)):
         with pytest.raises(ValueError, match=name):
             radiomics_features(normalised(np.zeros(R.shape)), **{name: value})

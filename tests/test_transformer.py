@@ -233,12 +233,15 @@ def test_a_missing_path_of_any_string_type_is_empty(lesion_table, backend):
         ({"on_error": "ignore"}, "on_error"),
         ({"device": "cuda:7"}, "cuda"),
         ({"device": "tpu-ish"}, "device"),
+        ({"device": "mps"}, "'mps' asked for, but it is not available here"),
         ({"arch": 5}, "arch"),
     ],
 )
 def test_invalid_parameters_fail_in_fit(params, match):
     if params.get("device") == "cuda:7" and torch.cuda.device_count() > 7:
         pytest.skip("this machine has 8 GPUs")
+    if params.get("device") == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has an Apple GPU")
     with pytest.raises(ValueError, match=match):
         tiny(**params).fit()
 
