@@ -12,6 +12,18 @@ _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 def counted(n: int, noun: str) -> str:
     """``1 row``, ``2 rows``.
 
+    Parameters
+    ----------
+    n : int
+        The count.
+    noun : str
+        What is counted, in the singular; the plural adds an ``s``.
+
+    Returns
+    -------
+    str
+        ``n`` and the noun, in the plural unless ``n`` is 1.
+
     Examples
     --------
     >>> from skfmcib._text import counted

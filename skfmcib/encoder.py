@@ -50,6 +50,7 @@ class Conv3d(nn.Conv3d):
     out_groups: int = 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Convolve ``x`` as ``torch.nn.Conv3d`` does, ``out_groups`` slices at a time."""
         if self.out_groups <= 1:
             return super().forward(x)
         # Slices of a multiple of 16 channels, the width of oneDNN's blocks.
@@ -127,16 +128,35 @@ ARCHITECTURES: dict[str, tuple[type[nn.Module], tuple[int, int, int, int]]] = {
 class EncoderConfig:
     """Architecture of an encoder, as stored beside its weights in checkpoints.
 
+    The defaults are the FMCIB encoder's architecture.
+
     Parameters
     ----------
-    arch : str
+    arch : str, default="resnet50"
         One of :data:`ARCHITECTURES` (``"resnet50"`` for FMCIB).
-    widen_factor : float
+    widen_factor : float, default=2.0
         Multiplier of the stage widths 64/128/256/512 (2 for FMCIB).
-    conv1_stride : int
+    conv1_stride : int, default=2
         Stride of the 7x7x7 stem convolution on every axis (2 for FMCIB).
-    bias_downsample : bool
+    bias_downsample : bool, default=True
         Whether the shortcut 1x1x1 convolutions carry a bias (True for FMCIB).
+
+    Raises
+    ------
+    ValueError
+        When ``widen_factor`` gives stages of no channel (below 1/64) or
+        ``conv1_stride`` is not a positive integer.
+
+    Examples
+    --------
+    >>> from skfmcib.encoder import EncoderConfig, build_encoder
+    >>> config = EncoderConfig(arch="resnet18", widen_factor=0.5)
+    >>> config.to_dict()
+    {'arch': 'resnet18', 'widen_factor': 0.5, 'conv1_stride': 2, 'bias_downsample': True}
+    >>> EncoderConfig.from_dict(config.to_dict()) == config
+    True
+    >>> build_encoder(config).out_features
+    256
     """
 
     arch: str = "resnet50"
@@ -157,12 +177,48 @@ class EncoderConfig:
             raise ValueError(f"conv1_stride must be a positive integer, got {self.conv1_stride!r}")
 
     def to_dict(self) -> dict:
-        """Return the configuration as a plain dict (stored in checkpoints)."""
+        """Return the configuration as a plain dict (stored in checkpoints).
+
+        Returns
+        -------
+        dict
+            The fields ``arch``, ``widen_factor``, ``conv1_stride`` and
+            ``bias_downsample`` with their values.
+
+        Examples
+        --------
+        >>> from skfmcib.encoder import EncoderConfig
+        >>> EncoderConfig().to_dict()
+        {'arch': 'resnet50', 'widen_factor': 2.0, 'conv1_stride': 2, 'bias_downsample': True}
+        """
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> EncoderConfig:
-        """Build a configuration from :meth:`to_dict` output, rejecting unknown keys."""
+        """Build a configuration from :meth:`to_dict` output, rejecting unknown keys.
+
+        Parameters
+        ----------
+        d : dict
+            Some or all of the fields (``arch``, ``widen_factor``, ``conv1_stride``,
+            ``bias_downsample``); the others keep their defaults.
+
+        Returns
+        -------
+        EncoderConfig
+
+        Raises
+        ------
+        ValueError
+            For a key that is no field, an unknown architecture, or a value the
+            constructor refuses.
+
+        Examples
+        --------
+        >>> from skfmcib.encoder import EncoderConfig
+        >>> EncoderConfig.from_dict({"arch": "resnet10", "widen_factor": 0.25})
+        EncoderConfig(arch='resnet10', widen_factor=0.25, conv1_stride=2, bias_downsample=True)
+        """
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"Unknown encoder configuration keys: {sorted(unknown)}")
@@ -246,7 +302,28 @@ class ResNet3D(nn.Module):
     early_batch: int | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Encode a batch ``(N, 1, D, H, W)`` into features ``(N, out_features)``."""
+        """Encode a batch ``(N, 1, D, H, W)`` into features ``(N, out_features)``.
+
+        Parameters
+        ----------
+        x : Tensor of shape (N, 1, D, H, W)
+            Normalised patches (:func:`skfmcib.patches.normalize_hu`), 50^3 for FMCIB.
+
+        Returns
+        -------
+        Tensor of shape (N, out_features)
+            The features: the last stage's output, averaged over space.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from skfmcib.encoder import EncoderConfig, ResNet3D
+        >>> net = ResNet3D(EncoderConfig(arch="resnet10", widen_factor=0.125)).eval()
+        >>> with torch.no_grad():
+        ...     features = net.forward(torch.zeros(3, 1, 50, 50, 50))
+        >>> features.shape
+        torch.Size([3, 64])
+        """
         n = self.early_batch
         if n and not self.training and x.shape[0] > n:
             x = torch.cat([self._early(part) for part in x.split(n)])

@@ -29,12 +29,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from numbers import Integral, Real
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 from scipy.stats import norm, rankdata
 from sklearn import get_config
-from sklearn.base import clone, is_classifier
+from sklearn.base import BaseEstimator, clone, is_classifier
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import check_scoring
 from sklearn.model_selection import (
@@ -52,6 +54,17 @@ from sksurv.util import check_y_survival
 from threadpoolctl import threadpool_limits
 
 from ._text import counted, listing, user_stacklevel
+
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class Splitter(Protocol):
+        """What ``cv`` takes besides a number of folds: a scikit-learn splitter."""
+
+        def split(
+            self, X: ArrayLike, y: ArrayLike | None = ..., groups: ArrayLike | None = ...
+        ) -> Iterator[tuple[np.ndarray, np.ndarray]]: ...
+
 
 __all__ = [
     "FAILED_SHARE_WARNING",
@@ -75,7 +88,23 @@ Metric = Callable[[np.ndarray, np.ndarray], float]
 
 
 def one_blas_thread() -> threadpool_limits:
-    """Context in which BLAS (numpy, scipy) uses one thread; see the module's notes."""
+    """Context in which BLAS (numpy, scipy) uses one thread; see the module's notes.
+
+    Returns
+    -------
+    threadpoolctl.threadpool_limits
+        A context manager: BLAS libraries use one thread inside its ``with`` block, and
+        their earlier number of threads again after it.
+
+    Examples
+    --------
+    >>> from threadpoolctl import threadpool_info
+    >>> from skfmcib.evaluation import one_blas_thread
+    >>> with one_blas_thread():
+    ...     threads = {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
+    >>> threads <= {1}
+    True
+    """
     return threadpool_limits(limits=1, user_api="blas")
 
 
@@ -99,7 +128,9 @@ class BootstrapWarning(UserWarning):
 class BootstrapCI:
     """A point estimate with a bootstrap confidence interval.
 
-    Unpacks as ``estimate, low, high``.
+    Unpacks as ``estimate, low, high``. Made by :func:`bootstrap_ci` and
+    :func:`bootstrap_ci_difference`; the attributes below are also the constructor's
+    parameters, in this order.
 
     Attributes
     ----------
@@ -172,7 +203,23 @@ class BootstrapCI:
         )
 
     def format(self, digits: int = 2) -> str:
-        """``"estimate [low, high]"`` with ``digits`` decimals."""
+        """The estimate and its interval as text: ``"estimate [low, high]"``.
+
+        Parameters
+        ----------
+        digits : int, default=2
+            Decimals of each number.
+
+        Returns
+        -------
+        str
+
+        Examples
+        --------
+        >>> from skfmcib.evaluation import BootstrapCI
+        >>> BootstrapCI(0.81234, 0.7, 0.9, 0.95, 1000, 0).format(1)
+        '0.8 [0.7, 0.9]'
+        """
         return f"{self.estimate:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
 
     def __str__(self) -> str:
@@ -563,16 +610,16 @@ def _as_array(a) -> np.ndarray:
 
 def bootstrap_ci(
     metric: Metric,
-    y_true,
-    y_score,
+    y_true: ArrayLike,
+    y_score: ArrayLike,
     *,
-    groups=None,
-    folds=None,
-    strata="auto",
+    groups: ArrayLike | None = None,
+    folds: ArrayLike | None = None,
+    strata: str | ArrayLike | None = "auto",
     n_resamples: int = 1000,
     alpha: float = 0.05,
     method: str = "bca",
-    random_state=None,
+    random_state: int | np.random.RandomState | None = None,
     bounds: tuple[float, float] | None = None,
     name: str | None = None,
 ) -> BootstrapCI:
@@ -637,7 +684,7 @@ def bootstrap_ci(
         Small folds of a cross-validation with rare classes do this to average
         precision.
         ``"percentile"``: the plain percentiles.
-    random_state : int, RandomState instance or None
+    random_state : int, RandomState instance or None, default=None
         Seeds the resampling.
     bounds : (float, float), optional
         The metric's range, e.g. ``(0, 1)`` for AUC: a basic interval, which shifts the
@@ -714,17 +761,17 @@ def _is_auto(strata) -> bool:
 
 def bootstrap_ci_difference(
     metric: Metric,
-    y_true,
-    y_score,
-    y_score_reference,
+    y_true: ArrayLike,
+    y_score: ArrayLike,
+    y_score_reference: ArrayLike,
     *,
-    groups=None,
-    folds=None,
-    strata="auto",
+    groups: ArrayLike | None = None,
+    folds: ArrayLike | None = None,
+    strata: str | ArrayLike | None = "auto",
     n_resamples: int = 1000,
     alpha: float = 0.05,
     method: str = "bca",
-    random_state=None,
+    random_state: int | np.random.RandomState | None = None,
     bounds: tuple[float, float] | None = None,
     name: str | None = None,
 ) -> BootstrapCI:
@@ -740,15 +787,33 @@ def bootstrap_ci_difference(
         ``metric(y_true, y_score) -> float``.
     y_true : array-like of shape (n_samples,)
         Labels or a structured survival array.
-    y_score, y_score_reference : array-like
-        Scores of the model and of the reference model (e.g. the radiomics baseline).
-    groups, folds, strata, n_resamples, alpha, method, random_state, name
-        As in :func:`bootstrap_ci`; with ``folds`` the statistic is the mean over folds
-        of each fold's difference, i.e. the difference of the two cross-validation
-        estimates.
+    y_score : array-like of shape (n_samples,) or (n_samples, n_classes)
+        Scores of the model.
+    y_score_reference : array-like of shape (n_samples,) or (n_samples, n_classes)
+        Scores of the reference model (e.g. the radiomics baseline).
+    groups : array-like of shape (n_samples,), optional
+        Resample whole groups (patients) instead of samples, as in
+        :func:`bootstrap_ci`.
+    folds : array-like of shape (n_samples,), optional
+        The cross-validation fold of each out-of-fold prediction, as in
+        :func:`bootstrap_ci`: the statistic is then the mean over folds of each fold's
+        difference, i.e. the difference of the two cross-validation estimates.
+    strata : "auto", array-like of shape (n_samples,) or None, default="auto"
+        What to resample within, as in :func:`bootstrap_ci`.
+    n_resamples : int, default=1000
+        Bootstrap resamples.
+    alpha : float, default=0.05
+        The interval covers ``1 - alpha`` (95 % by default).
+    method : {"bca", "percentile"}, default="bca"
+        How the interval is computed, as in :func:`bootstrap_ci`.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the resampling.
     bounds : (float, float), optional
         The range of the metric itself, e.g. ``(0, 1)``: a basic interval of the
         difference is clipped to ``(low - high, high - low)``.
+    name : str, optional
+        How messages name the statistic (by default ``"difference of "`` and the
+        metric function's name).
 
     Returns
     -------
@@ -796,8 +861,19 @@ def bootstrap_ci_difference(
 # ----------------------------------------------------------------- survival metrics
 
 
-def is_survival_target(y) -> bool:
+def is_survival_target(y: ArrayLike) -> bool:
     """Whether ``y`` is a structured (event, time) array as scikit-survival uses.
+
+    Parameters
+    ----------
+    y : array-like
+        A target: labels, or a structured array such as
+        :func:`sksurv.util.Surv.from_arrays` makes.
+
+    Returns
+    -------
+    bool
+        True when ``y`` has a structured dtype of two fields (event and time).
 
     Examples
     --------
@@ -810,7 +886,7 @@ def is_survival_target(y) -> bool:
     return dtype is not None and dtype.names is not None and len(dtype.names) == 2
 
 
-def harrell_c(y, risk) -> float:
+def harrell_c(y: np.ndarray, risk: ArrayLike) -> float:
     """Harrell's concordance index of risk scores (higher risk, earlier event).
 
     Parameters
@@ -836,7 +912,13 @@ def harrell_c(y, risk) -> float:
     return float(concordance_index_censored(event, time, np.asarray(risk, dtype=float))[0])
 
 
-def uno_c(y, risk, *, y_train=None, tau: float | None = None) -> float:
+def uno_c(
+    y: np.ndarray,
+    risk: ArrayLike,
+    *,
+    y_train: np.ndarray | None = None,
+    tau: float | None = None,
+) -> float:
     """Uno's inverse-probability-of-censoring weighted concordance index.
 
     Parameters
@@ -883,7 +965,7 @@ def _default_tau(y) -> float | None:
     return float(np.nextafter(last, -np.inf))
 
 
-def survival_auc(y, risk, *, horizon: float) -> float:
+def survival_auc(y: np.ndarray, risk: ArrayLike, *, horizon: float) -> float:
     """AUC of risk scores for the binary endpoint "event by ``horizon``".
 
     The paper's 2-year survival AUC: samples with an event at or before ``horizon`` are
@@ -938,7 +1020,7 @@ def _horizon_undefined(event: np.ndarray, time: np.ndarray, horizon: float, unit
     return ""
 
 
-def horizon_status(y, horizon: float) -> np.ndarray:
+def horizon_status(y: np.ndarray, horizon: float) -> np.ndarray:
     """Status at ``horizon``: 1 event by then, 0 followed beyond it, -1 censored before.
 
     The classes of :func:`survival_auc`, to stratify its bootstrap on
@@ -968,7 +1050,7 @@ def horizon_status(y, horizon: float) -> np.ndarray:
     return np.where(event & (time <= horizon), 1, np.where(time > horizon, 0, -1))
 
 
-def rank_auc(is_positive, score) -> float:
+def rank_auc(is_positive: ArrayLike, score: ArrayLike) -> float:
     """ROC AUC from the Mann-Whitney U statistic; equals :func:`~sklearn.metrics.roc_auc_score`.
 
     Without scikit-learn's input validation, which costs milliseconds per call: this
@@ -1009,14 +1091,14 @@ def rank_auc(is_positive, score) -> float:
 
 
 def make_cv(
-    cv=5,
+    cv: int | Splitter = 5,
     *,
-    y=None,
-    groups=None,
+    y: ArrayLike | None = None,
+    groups: ArrayLike | None = None,
     classifier: bool = True,
     shuffle: bool = True,
-    random_state=None,
-):
+    random_state: int | np.random.RandomState | None = None,
+) -> Splitter:
     """The cross-validation splitter the evaluation functions use.
 
     Lesions of one patient stay in one fold when ``groups`` is given
@@ -1027,7 +1109,8 @@ def make_cv(
     Parameters
     ----------
     cv : int or cross-validation splitter, default=5
-        Number of folds, or a splitter returned as is.
+        Number of folds, or a splitter (an object with scikit-learn's ``split``
+        method) returned as is.
     y : array-like, optional
         The target; a classification target (or a survival target, through its event
         indicator) makes the folds stratified.
@@ -1037,7 +1120,7 @@ def make_cv(
         Whether the estimator is a classifier (stratify on ``y``).
     shuffle : bool, default=True
         Shuffle before splitting.
-    random_state : int or None
+    random_state : int, RandomState instance or None, default=None
         Seed of the shuffling.
 
     Returns
@@ -1063,8 +1146,18 @@ def make_cv(
     return KFold(n_splits=cv, shuffle=shuffle, random_state=rs)
 
 
-def split_target(y) -> np.ndarray:
+def split_target(y: ArrayLike) -> np.ndarray:
     """What folds are stratified on: the labels, or a survival target's event indicator.
+
+    Parameters
+    ----------
+    y : array-like of shape (n_samples,)
+        Labels, or a structured survival array (:class:`sksurv.util.Surv`).
+
+    Returns
+    -------
+    ndarray of shape (n_samples,)
+        The labels as an array, or the survival target's event indicator (bool).
 
     Examples
     --------
@@ -1155,16 +1248,16 @@ def _inner_groups(estimator, groups_train, random_state, y_train):
 
 
 def label_efficiency_curve(
-    estimator,
-    X,
-    y,
+    estimator: BaseEstimator,
+    X: ArrayLike | pd.DataFrame,
+    y: ArrayLike,
     *,
     fractions: Sequence[float] = (1.0, 0.5, 0.2, 0.1),
-    cv=5,
-    scoring=None,
-    groups=None,
+    cv: int | Splitter = 5,
+    scoring: str | Callable | None = None,
+    groups: ArrayLike | None = None,
     n_repeats: int = 1,
-    random_state=None,
+    random_state: int | np.random.RandomState | None = None,
 ) -> pd.DataFrame:
     """Cross-validated score against the fraction of training labels used.
 
@@ -1194,7 +1287,7 @@ def label_efficiency_curve(
         Patient of each sample, for group-aware folds.
     n_repeats : int, default=1
         Independent subsamples per fold and fraction.
-    random_state : int or None
+    random_state : int, RandomState instance or None, default=None
         Seeds the folds and subsamples.
 
     Returns

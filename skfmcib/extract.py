@@ -119,6 +119,9 @@ class ProvenanceMismatch(ExtractError):
 class ExtractSummary:
     """What :func:`extract` did.
 
+    Made by :func:`extract`; the attributes below are also the constructor's
+    parameters, in this order.
+
     Attributes
     ----------
     out : pathlib.Path
@@ -355,6 +358,18 @@ def _resolve(p, root: Path):
 
 def table_digest(table: pd.DataFrame) -> str:
     """SHA-256 of a table's columns, index and values (stable across processes).
+
+    Parameters
+    ----------
+    table : DataFrame
+        Any table; cells that pandas cannot hash (lists, dicts) are digested through
+        their CSV text.
+
+    Returns
+    -------
+    str
+        The digest as 64 hexadecimal digits; the same for equal tables (same column
+        names, types, index and values, in the same order).
 
     Examples
     --------
@@ -713,10 +728,47 @@ def prepare_table(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Read a lesion table (or take a DataFrame), resolve paths, seed mask rows.
 
-    Returns ``(table, resolved)``: the rows as the output repeats them, and the same
-    rows with absolute paths. A table with ``mask_path`` and no coordinates becomes one
-    row per lesion (:func:`skfmcib.masks.seeds_from_masks`), its seeds written in
+    A table with ``mask_path`` and no coordinates becomes one row per lesion
+    (:func:`skfmcib.masks.seeds_from_masks`), its seeds written in
     ``coordinate_system`` like the coordinates of any other table.
+
+    Parameters
+    ----------
+    table : DataFrame, str or path-like
+        A lesion table, or the path of a CSV (or Parquet) file holding one (read with
+        :func:`read_table`).
+    image_root : str or path-like, optional
+        Folder that relative ``image_path`` and ``mask_path`` values are relative to;
+        by default the table file's folder, and for a DataFrame the paths as given.
+    mask_label : int, optional
+        With ``mask_path`` tables: the label value whose centroid is the seed (see
+        :func:`skfmcib.masks.seeds_from_masks`).
+    coordinate_system : {"LPS", "RAS"}, default="LPS"
+        Convention of the table's coordinates, and of the seeds made from masks.
+
+    Returns
+    -------
+    table : DataFrame
+        The rows as the output repeats them (the user's paths).
+    resolved : DataFrame
+        The same rows with absolute paths, from which images are read.
+
+    Raises
+    ------
+    ExtractError
+        When ``table`` is neither a DataFrame nor a path, or seeds cannot be made from
+        its masks.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from pathlib import Path
+    >>> from skfmcib.extract import prepare_table
+    >>> t = pd.DataFrame({"image_path": ["ct.nii.gz"], "coordX": [1.0], "coordY": [2.0],
+    ...                   "coordZ": [3.0]})
+    >>> table, resolved = prepare_table(t, image_root="/data")
+    >>> table["image_path"][0], Path(resolved["image_path"][0]) == Path("/data/ct.nii.gz")
+    ('ct.nii.gz', True)
     """
     if isinstance(table, (str, os.PathLike)):
         table, resolved = read_table(table, image_root)

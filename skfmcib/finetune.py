@@ -15,11 +15,13 @@ from __future__ import annotations
 import os
 from numbers import Integral, Real
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
+from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
@@ -35,6 +37,9 @@ from . import _training, runtime
 from ._text import counted
 from .patches import as_patches
 from .weights import _check_plain, load_encoder, read_checkpoint, save_checkpoint
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["FMCIBClassifier", "FMCIBSurvivalAnalysis", "cox_ph_loss"]
 
@@ -282,7 +287,7 @@ class _FineTuner(BaseEstimator):
         )
         return np.sort(train), np.sort(valid)
 
-    def fit(self, X, y):
+    def fit(self, X: pd.DataFrame | ArrayLike, y: ArrayLike) -> Self:
         """Fine-tune the encoder and the head on lesions.
 
         Parameters
@@ -403,6 +408,26 @@ class _FineTuner(BaseEstimator):
         Returns
         -------
         pathlib.Path
+            The file written.
+
+        Examples
+        --------
+        A tiny classifier with random initial weights, saved and loaded again
+        (:class:`FMCIBSurvivalAnalysis` is saved the same way):
+
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> from skfmcib.finetune import FMCIBClassifier
+        >>> X = np.random.default_rng(0).random((4, 1, 50, 50, 50), dtype=np.float32)
+        >>> clf = FMCIBClassifier(weights=None, arch={"arch": "resnet10", "widen_factor": 0.125},
+        ...                       max_epochs=1, batch_size=4, device="cpu",
+        ...                       random_state=0).fit(X, [0, 1, 0, 1])
+        >>> path = clf.save(os.path.join(tempfile.mkdtemp(), "classifier.pt"))
+        >>> path.name
+        'classifier.pt'
+        >>> same = FMCIBClassifier.load(path, device="cpu")
+        >>> np.allclose(same.predict_proba(X), clf.predict_proba(X))
+        True
         """
         check_is_fitted(self, "head_")
         if Path(path).suffix == ".safetensors":
@@ -427,7 +452,7 @@ class _FineTuner(BaseEstimator):
         return save_checkpoint(self.encoder_, path, extra=extra)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, **params):
+    def load(cls, path: str | os.PathLike, **params: Any) -> Self:
         """Rebuild a fitted estimator from a file written by :meth:`save`.
 
         Parameters
@@ -447,6 +472,25 @@ class _FineTuner(BaseEstimator):
         -------
         estimator
             Fitted: predictions equal those of the saved estimator.
+
+        Examples
+        --------
+        A tiny survival model with random initial weights, saved and loaded again
+        (:class:`FMCIBClassifier` is loaded the same way):
+
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> from sksurv.util import Surv
+        >>> from skfmcib.finetune import FMCIBSurvivalAnalysis
+        >>> X = np.random.default_rng(0).random((4, 1, 50, 50, 50), dtype=np.float32)
+        >>> y = Surv.from_arrays(event=[1, 0, 1, 1], time=[5.0, 8.0, 2.0, 9.0])
+        >>> est = FMCIBSurvivalAnalysis(weights=None, arch={"arch": "resnet10",
+        ...                             "widen_factor": 0.125}, max_epochs=1, batch_size=4,
+        ...                             device="cpu", random_state=0).fit(X, y)
+        >>> path = est.save(os.path.join(tempfile.mkdtemp(), "survival.pt"))
+        >>> same = FMCIBSurvivalAnalysis.load(path, device="cpu")
+        >>> np.allclose(same.predict(X), est.predict(X)), same.max_epochs
+        (True, 1)
         """
         checkpoint = read_checkpoint(path)
         extra = checkpoint.extra
@@ -645,7 +689,7 @@ class FMCIBClassifier(ClassifierMixin, _FineTuner):
     def _restore_extra_state(self, extra):
         self.classes_ = np.asarray(extra["classes"])
 
-    def predict_proba(self, X) -> np.ndarray:
+    def predict_proba(self, X: pd.DataFrame | ArrayLike) -> np.ndarray:
         """Class probabilities.
 
         Parameters
@@ -661,7 +705,7 @@ class FMCIBClassifier(ClassifierMixin, _FineTuner):
         logits = self._outputs(X)
         return torch.softmax(logits.double(), dim=1).numpy()
 
-    def predict(self, X) -> np.ndarray:
+    def predict(self, X: pd.DataFrame | ArrayLike) -> np.ndarray:
         """Most probable class of each lesion.
 
         Parameters
@@ -843,7 +887,7 @@ class FMCIBSurvivalAnalysis(SurvivalAnalysisMixin, _FineTuner):
         check_is_fitted(self, "head_")
         return self._baseline_model.unique_times_
 
-    def predict(self, X) -> np.ndarray:
+    def predict(self, X: pd.DataFrame | ArrayLike) -> np.ndarray:
         """Predict log-risk scores (higher = earlier event).
 
         Parameters
@@ -857,7 +901,9 @@ class FMCIBSurvivalAnalysis(SurvivalAnalysisMixin, _FineTuner):
         """
         return self._outputs(X)[:, 0].double().numpy()
 
-    def predict_cumulative_hazard_function(self, X, return_array=False):
+    def predict_cumulative_hazard_function(
+        self, X: pd.DataFrame | ArrayLike, return_array: bool = False
+    ) -> np.ndarray:
         """Cumulative hazard functions, from Breslow's estimator on the training data.
 
         Parameters
@@ -878,7 +924,9 @@ class FMCIBSurvivalAnalysis(SurvivalAnalysisMixin, _FineTuner):
             self._baseline_model, self._centred_risk(X), return_array
         )
 
-    def predict_survival_function(self, X, return_array=False):
+    def predict_survival_function(
+        self, X: pd.DataFrame | ArrayLike, return_array: bool = False
+    ) -> np.ndarray:
         """Survival functions, from Breslow's estimator on the training data.
 
         Parameters
@@ -899,7 +947,7 @@ class FMCIBSurvivalAnalysis(SurvivalAnalysisMixin, _FineTuner):
             self._baseline_model, self._centred_risk(X), return_array
         )
 
-    def score(self, X, y) -> float:
+    def score(self, X: pd.DataFrame | ArrayLike, y: np.ndarray) -> float:
         """Harrell's concordance index of the predicted risks.
 
         Parameters

@@ -27,12 +27,13 @@ import threading
 import weakref
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import _inflate, _nifti
 from ._files import file_state
@@ -83,15 +84,53 @@ class Geometry:
         """The 3x3 matrix ``direction @ diag(spacing)`` (index -> offset in mm)."""
         return self.direction * self.spacing[None, :]
 
-    def physical_to_continuous_index(self, points: np.ndarray) -> np.ndarray:
-        """Map LPS points ``(..., 3)`` to continuous ``(x, y, z)`` voxel indices."""
+    def physical_to_continuous_index(self, points: ArrayLike) -> np.ndarray:
+        """Map LPS points ``(..., 3)`` to continuous ``(x, y, z)`` voxel indices.
+
+        Parameters
+        ----------
+        points : array-like of shape (..., 3)
+            Points in LPS millimetres.
+
+        Returns
+        -------
+        ndarray of shape (..., 3), float64
+            Their voxel indices along the image axes ``(x, y, z)``, not rounded: a
+            voxel's centre has whole indices.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skfmcib.io import Geometry
+        >>> g = Geometry((10, 10, 5), np.zeros(3), np.array([0.5, 0.5, 2.0]), np.eye(3))
+        >>> g.physical_to_continuous_index([1.0, 2.0, 3.0]).tolist()
+        [2.0, 4.0, 1.5]
+        """
         inv = np.linalg.inv(self.index_to_physical)
         return (np.asarray(points, dtype=np.float64) - self.origin) @ inv.T
 
     def corner_points(self, edges: bool = False) -> np.ndarray:
         """LPS positions of the centres of the 8 corner voxels, shape ``(8, 3)``.
 
-        With ``edges``, the outer corners of those voxels (half a voxel further out).
+        Parameters
+        ----------
+        edges : bool, default=False
+            Give the outer corners of those voxels instead (half a voxel further out).
+
+        Returns
+        -------
+        ndarray of shape (8, 3)
+            The corners in LPS millimetres.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skfmcib.io import Geometry
+        >>> g = Geometry((10, 10, 5), np.zeros(3), np.array([0.5, 0.5, 2.0]), np.eye(3))
+        >>> g.corner_points().max(axis=0).tolist()
+        [4.5, 4.5, 8.0]
+        >>> g.corner_points(edges=True).min(axis=0).tolist()
+        [-0.25, -0.25, -1.0]
         """
         lo = -0.5 if edges else 0.0
         hi = np.asarray(self.size, dtype=np.float64) - 1 + (0.5 if edges else 0.0)
@@ -100,8 +139,26 @@ class Geometry:
         )
         return self.origin + corners @ self.index_to_physical.T
 
-    def contains(self, point: np.ndarray) -> bool:
-        """Whether an LPS point lies within the image: its voxels, edges included."""
+    def contains(self, point: ArrayLike) -> bool:
+        """Whether an LPS point lies within the image: its voxels, edges included.
+
+        Parameters
+        ----------
+        point : array-like of shape (3,)
+            A point in LPS millimetres.
+
+        Returns
+        -------
+        bool
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skfmcib.io import Geometry
+        >>> g = Geometry((10, 10, 5), np.zeros(3), np.array([0.5, 0.5, 2.0]), np.eye(3))
+        >>> g.contains([4.75, 0.0, 0.0]), g.contains([5.0, 0.0, 0.0])
+        (True, False)
+        """
         idx = self.physical_to_continuous_index(point)
         return bool(np.all(idx >= -0.5) and np.all(idx <= np.asarray(self.size) - 0.5))
 
@@ -135,10 +192,36 @@ class Volume:
     geometry: Geometry
     path: str = ""
 
-    def read_region(self, lo, hi) -> np.ndarray:
+    def read_region(self, lo: ArrayLike, hi: ArrayLike) -> np.ndarray:
         """The voxels of the index box ``[lo, hi)`` (``(x, y, z)`` bounds), ``(z, y, x)`` order.
 
         The same interface as :meth:`ImageSource.read_region`, served from memory.
+
+        Parameters
+        ----------
+        lo : array-like of 3 ints
+            Inclusive lower voxel index along ``(x, y, z)``, ``0 <= lo < hi``.
+        hi : array-like of 3 ints
+            Exclusive upper voxel index along ``(x, y, z)``, ``hi <= size``.
+
+        Returns
+        -------
+        ndarray of shape (hi[2] - lo[2], hi[1] - lo[1], hi[0] - lo[0])
+            A view of :attr:`array` (no copy).
+
+        Raises
+        ------
+        ValueError
+            When the box is empty or not inside the image.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skfmcib.io import Geometry, Volume
+        >>> arr = np.arange(4 * 5 * 6).reshape(4, 5, 6)  # z, y, x
+        >>> vol = Volume(arr, Geometry((6, 5, 4), np.zeros(3), np.ones(3), np.eye(3)))
+        >>> vol.read_region([1, 0, 2], [3, 2, 4]).shape
+        (2, 2, 2)
         """
         lo, hi = _check_box(self.geometry, lo, hi)
         return self.array[lo[2] : hi[2], lo[1] : hi[1], lo[0] : hi[0]]
@@ -586,7 +669,7 @@ class ImageSource:
         self.files_read: list[str] = []
         self._lock = threading.Lock()
 
-    def read_region(self, lo, hi) -> np.ndarray:
+    def read_region(self, lo: ArrayLike, hi: ArrayLike) -> np.ndarray:
         """Read the voxels of the index box ``[lo, hi)``.
 
         Parameters
@@ -604,7 +687,9 @@ class ImageSource:
         lo, hi = _check_box(self.geometry, lo, hi)
         return self._read(lo, hi)
 
-    def iter_regions(self, boxes) -> Iterator[tuple[int, np.ndarray]]:
+    def iter_regions(
+        self, boxes: Iterable[tuple[ArrayLike, ArrayLike]]
+    ) -> Iterator[tuple[int, np.ndarray]]:
         """Read several index boxes; yield ``(k, voxels)`` for the ``k``-th box.
 
         A gzipped NIfTI read without SimpleITK (``strategy == "inflate"``) is
@@ -627,7 +712,24 @@ class ImageSource:
             yield k, self.read_region(lo, hi)
 
     def read(self) -> Volume:
-        """Read the whole image into a :class:`Volume`."""
+        """Read the whole image into a :class:`Volume`.
+
+        Returns
+        -------
+        Volume
+            The voxels (as :meth:`read_region` gives them), the geometry and the path.
+
+        Examples
+        --------
+        >>> import numpy as np, SimpleITK as sitk, tempfile, os
+        >>> from skfmcib.io import open_image
+        >>> path = os.path.join(tempfile.mkdtemp(), "ct.nii")
+        >>> sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 5, 6), np.int16)), path)
+        >>> with open_image(path) as source:
+        ...     volume = source.read()
+        >>> volume.array.shape, volume.geometry.size
+        ((4, 5, 6), (6, 5, 4))
+        """
         return Volume(
             array=np.asarray(self.read_region((0, 0, 0), self.geometry.size)),
             geometry=self.geometry,
@@ -777,7 +879,9 @@ class _NiftiGzSource(ImageSource):
         ((_, voxels),) = self.iter_regions([(lo, hi)])
         return voxels
 
-    def iter_regions(self, boxes) -> Iterator[tuple[int, np.ndarray]]:
+    def iter_regions(
+        self, boxes: Iterable[tuple[ArrayLike, ArrayLike]]
+    ) -> Iterator[tuple[int, np.ndarray]]:
         boxes = [_check_box(self.geometry, lo, hi) for lo, hi in boxes]
         if not boxes:
             return

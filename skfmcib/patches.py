@@ -21,6 +21,7 @@ from typing import Protocol
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 from scipy import ndimage
 from sklearn.utils.validation import check_array
 
@@ -54,12 +55,22 @@ HU_SCALE = 3072.0
 _CORNER_ATOL = 1e-8
 
 
-def normalize_hu(hu: np.ndarray) -> np.ndarray:
+def normalize_hu(hu: ArrayLike) -> np.ndarray:
     """Map Hounsfield units to the encoder's input scale, ``(HU + 1024) / 3072``.
 
     No clipping, as in the reference: -1024 HU maps to 0 and 2048 HU to 1. Computed in
     float32, as the reference computes it (MONAI's ``NormalizeIntensityd`` on the
     float32 image ``LoadImaged`` gives), before any resampling.
+
+    Parameters
+    ----------
+    hu : array-like
+        Intensities in Hounsfield units, of any shape.
+
+    Returns
+    -------
+    ndarray of float32
+        The normalised intensities, of the shape of ``hu``.
 
     Examples
     --------
@@ -128,6 +139,9 @@ def reference_grid(geometry: Geometry) -> ReferenceGrid:
 @dataclass(frozen=True)
 class PatchGrid:
     """Where a patch samples the image.
+
+    Made by :func:`patch_grid`; the attributes below are also the constructor's
+    parameters, in this order.
 
     Attributes
     ----------
@@ -645,7 +659,7 @@ class RowWarning(UserWarning):
     """A lesion row was skipped (``on_error="nan"``); the message names row and file."""
 
 
-def check_patch_array(X) -> np.ndarray:
+def check_patch_array(X: ArrayLike) -> np.ndarray:
     """Validate pre-cropped patches and return them as ``(n, 1, 50, 50, 50)`` float32.
 
     Parameters
@@ -733,7 +747,9 @@ def _patch_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
     return (shape[0], 1, n, n, n)
 
 
-def as_patches(X, *, coordinate_system: str = "LPS", on_error: str = "raise") -> np.ndarray:
+def as_patches(
+    X: pd.DataFrame | ArrayLike, *, coordinate_system: str = "LPS", on_error: str = "raise"
+) -> np.ndarray:
     """Turn estimator input (a lesion table or patch array) into patches.
 
     Parameters
@@ -741,24 +757,50 @@ def as_patches(X, *, coordinate_system: str = "LPS", on_error: str = "raise") ->
     X : DataFrame or array-like
         A lesion table (see :func:`load_patches`) or pre-cropped patches (see
         :func:`check_patch_array`).
-    coordinate_system, on_error : str
-        As in :func:`load_patches`; used for tables only.
+    coordinate_system : {"LPS", "RAS"}, default="LPS"
+        Convention of a table's coordinates, as in :func:`load_patches`; used for
+        tables only.
+    on_error : {"raise", "nan"}, default="raise"
+        What a bad table row does, as in :func:`load_patches`; used for tables only.
 
     Returns
     -------
     ndarray of shape (n, 1, 50, 50, 50), float32
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skfmcib.patches import as_patches
+    >>> patches = as_patches(np.zeros((2, 50 ** 3)))  # flattened patches
+    >>> patches.shape, patches.dtype
+    ((2, 1, 50, 50, 50), dtype('float32'))
     """
     if isinstance(X, pd.DataFrame):
         return load_patches(X, coordinate_system=coordinate_system, on_error=on_error)
     return check_patch_array(X)
 
 
-def check_input_form(X, coordinate_system: str = "LPS") -> None:
+def check_input_form(X: pd.DataFrame | ArrayLike | None, coordinate_system: str = "LPS") -> None:
     """Check estimator input's form in ``fit`` without reading any image.
 
     A lesion table's columns and coordinate convention are checked; an array gets the
     generic checks only (real, finite, dense, non-empty), with no copy. Patch shapes are
     checked where patches are used (:func:`check_patch_array`). None is accepted.
+
+    Parameters
+    ----------
+    X : DataFrame, array-like or None
+        A lesion table, pre-cropped patches, or None (nothing to check).
+    coordinate_system : {"LPS", "RAS"}, default="LPS"
+        Convention of a table's coordinates (see :func:`~skfmcib.table.validate_table`).
+
+    Raises
+    ------
+    ValueError
+        When a table lacks a required column or is empty, the coordinate system is
+        unknown, or an array is not numeric, holds NaN or infinite values, or is empty.
+    TypeError
+        For sparse input.
 
     Examples
     --------

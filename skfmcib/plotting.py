@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 from sksurv.util import check_y_survival
 
 if TYPE_CHECKING:  # matplotlib is optional
@@ -38,10 +39,10 @@ def _axes(ax: Axes | None, figsize=(5.0, 4.5)) -> Axes:
 
 
 def plot_roc(
-    y_true,
-    scores: Mapping[str, np.ndarray],
+    y_true: ArrayLike,
+    scores: Mapping[str, ArrayLike],
     *,
-    folds=None,
+    folds: ArrayLike | None = None,
     labels: Mapping[str, str] | None = None,
     ax: Axes | None = None,
     title: str | None = None,
@@ -128,10 +129,10 @@ def plot_roc(
 
 
 def plot_kaplan_meier(
-    y,
-    risk,
+    y: np.ndarray,
+    risk: ArrayLike,
     *,
-    folds=None,
+    folds: ArrayLike | None = None,
     n_groups: int = 2,
     ax: Axes | None = None,
     title: str | None = None,

@@ -216,7 +216,20 @@ class LARS(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        """Take one optimisation step; ``closure`` re-evaluates the loss if given."""
+        """Take one optimisation step; ``closure`` re-evaluates the loss if given.
+
+        Parameters
+        ----------
+        closure : callable, optional
+            Recomputes the loss (clearing and recomputing the gradients), as for any
+            :class:`torch.optim.Optimizer`; called with gradients enabled before the
+            step.
+
+        Returns
+        -------
+        Tensor or None
+            What ``closure`` returned (the loss), or None without ``closure``.
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -267,6 +280,20 @@ def projection_head(in_features: int, out_features: int = PROJECTION_DIM) -> nn.
     """The SimCLR projection head: ``in -> in/2 -> out`` with ReLU, no batch norm.
 
     4096 -> 2048 -> 128 for the FMCIB encoder.
+
+    Parameters
+    ----------
+    in_features : int
+        Length of the encoder's feature vector (``encoder.out_features``).
+    out_features : int, default=128
+        Length of the projection the contrastive loss compares
+        (:data:`PROJECTION_DIM`).
+
+    Returns
+    -------
+    torch.nn.Sequential
+        Linear, ReLU, Linear, freshly initialised; the hidden layer has
+        ``in_features // 2`` units (at least one).
 
     Examples
     --------
@@ -474,7 +501,14 @@ class SeedPairDataset(Dataset):
                     raise RowError(self.labels[i], path, problem)
 
     def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch, which (with the seed) fixes the negatives."""
+        """Choose the epoch, which (with the seed) fixes the negatives.
+
+        Parameters
+        ----------
+        epoch : int
+            The epoch about to start (0, 1, ...). Set it before a data loader's worker
+            processes start: they work on copies of the dataset.
+        """
         self.epoch = int(epoch)
 
     def _volume(self, i: int) -> Volume:
@@ -488,7 +522,21 @@ class SeedPairDataset(Dataset):
         return self._cache[key]
 
     def negative_point(self, volume: Volume, i: int) -> np.ndarray:
-        """The LPS point around which item ``i``'s negative is cut in this epoch."""
+        """The LPS point around which item ``i``'s negative is cut in this epoch.
+
+        Parameters
+        ----------
+        volume : Volume
+            The scan of item ``i`` (read whole).
+        i : int
+            The item (row position in the table).
+
+        Returns
+        -------
+        ndarray of shape (3,)
+            The centre of a voxel of ``volume``, in LPS millimetres; the same for the
+            same ``(seed, epoch, i)``.
+        """
         rng = np.random.default_rng([self.seed, self.epoch, i])
         geom = volume.geometry
         size = np.asarray(geom.size)

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
+from numpy.typing import ArrayLike
 
 from ._progress import Progress
 from .io import ImageReadError, Volume, read_image
@@ -58,6 +59,9 @@ def _require_matplotlib():
 @dataclass
 class QCSummary:
     """What :func:`quality_control` wrote.
+
+    Made by :func:`quality_control`; the attributes below are also the constructor's
+    parameters, in this order.
 
     Attributes
     ----------
@@ -205,7 +209,7 @@ def _flags(
 
 def render_lesion(
     volume: Volume,
-    seed_lps,
+    seed_lps: ArrayLike,
     path: str | os.PathLike,
     *,
     title: str = "",
@@ -224,7 +228,7 @@ def render_lesion(
         Seed in LPS millimetres.
     path : str or path-like
         Where to write the PNG.
-    title : str, optional
+    title : str, default=""
         First title line (row and file).
     window : "auto", "lung", "soft", "bone" or (level, width), default="auto"
         CT window; "auto" takes lung for seeds in aerated surroundings, else soft tissue.

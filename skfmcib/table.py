@@ -68,6 +68,8 @@ def columns_hint(columns) -> str:
 class RowError(ValueError):
     """A lesion row that cannot be processed; names the row, the file and the problem.
 
+    The attributes below are also the constructor's parameters, in this order.
+
     Attributes
     ----------
     row : hashable
@@ -88,7 +90,28 @@ class RowError(ValueError):
     @classmethod
     def from_image_error(cls, row: Hashable, path, exc: BaseException) -> RowError:
         """The error of a row whose image (or mask) could not be read: ``exc``'s message,
-        which names the file first, as the reason."""
+        which names the file first, as the reason.
+
+        Parameters
+        ----------
+        row : hashable
+            The row's index label in the table.
+        path : str or path-like
+            The file that could not be read.
+        exc : BaseException
+            The reading error; its message, less a leading ``"{path}: "``, becomes the
+            reason.
+
+        Returns
+        -------
+        RowError
+
+        Examples
+        --------
+        >>> from skfmcib.table import RowError
+        >>> str(RowError.from_image_error(3, "ct.nii", OSError("ct.nii: not found")))
+        'row 3 (ct.nii): not found'
+        """
         return cls(row, str(path), str(exc).removeprefix(f"{path}: "))
 
 
@@ -172,6 +195,24 @@ def row_problem(rec: pd.Series) -> str:
 
     Only what can be told without reading the image: an empty path or a missing,
     non-numeric or infinite coordinate.
+
+    Parameters
+    ----------
+    rec : Series
+        A row of :func:`validate_table`'s output (``image_path``, ``x``, ``y``, ``z``).
+
+    Returns
+    -------
+    str
+        The problem, or ``""`` when the row looks usable.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from skfmcib.table import row_problem
+    >>> row_problem(pd.Series({"image_path": "ct.nii.gz", "x": 1.0, "y": float("nan"),
+    ...                        "z": 2.0}))
+    'coordinate coordY is missing or not a finite number'
     """
     if not rec["image_path"]:
         return "image_path is empty"

@@ -40,9 +40,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, clone, is_classifier
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
@@ -75,6 +77,9 @@ from .evaluation import (
     survival_auc,
     uno_c,
 )
+
+if TYPE_CHECKING:
+    from .evaluation import Splitter
 
 __all__ = [
     "MetricSpec",
@@ -178,11 +183,11 @@ def _with_search(features, head: Pipeline, param_grid, scoring, cv, tune: bool) 
 
 
 def malignancy_pipeline(
-    features="fmcib",
+    features: str | BaseEstimator | None = "fmcib",
     *,
     param_grid: dict | None = None,
-    cv=3,
-    scoring="roc_auc",
+    cv: int | Splitter = 3,
+    scoring: str | Callable = "roc_auc",
     tune: bool = True,
     C: float = 0.01,
 ) -> Pipeline:
@@ -241,11 +246,11 @@ def malignancy_pipeline(
 
 
 def site_pipeline(
-    features="fmcib",
+    features: str | BaseEstimator | None = "fmcib",
     *,
     param_grid: dict | None = None,
-    cv=3,
-    scoring=None,
+    cv: int | Splitter = 3,
+    scoring: str | Callable | None = None,
     tune: bool = True,
     C: float = 0.01,
 ) -> Pipeline:
@@ -256,10 +261,21 @@ def site_pipeline(
 
     Parameters
     ----------
-    features, param_grid, cv, tune, C
-        As in :func:`malignancy_pipeline`.
-    scoring : str or callable, optional
-        What the search maximises; by default :data:`balanced_accuracy_scorer`.
+    features : "fmcib", "radiomics", transformer or None, default="fmcib"
+        The feature step, as in :func:`malignancy_pipeline`: the FMCIB features, the
+        radiomics baseline, a configured transformer, or None when ``X`` already holds
+        features.
+    param_grid : dict, default=None
+        The search grid (keys like ``"model__C"``); None: ``C`` in :data:`C_GRID`.
+    cv : int or splitter, default=3
+        Inner cross-validation of the search (see :func:`malignancy_pipeline` to keep
+        the lesions of a patient together).
+    scoring : str or callable, default=None
+        What the search maximises; None: :data:`balanced_accuracy_scorer`.
+    tune : bool, default=True
+        False gives the plain head with ``C`` fixed.
+    C : float, default=0.01
+        Inverse penalty when ``tune=False``.
 
     Returns
     -------
@@ -281,10 +297,10 @@ def site_pipeline(
 
 
 def survival_pipeline(
-    features="fmcib",
+    features: str | BaseEstimator | None = "fmcib",
     *,
     param_grid: dict | None = None,
-    cv=3,
+    cv: int | Splitter = 3,
     tau: float | None = None,
     tune: bool = True,
     alpha: float = 1000.0,
@@ -299,17 +315,25 @@ def survival_pipeline(
 
     Parameters
     ----------
-    features, cv, tune
-        As in :func:`malignancy_pipeline` (the inner folds are
-        :class:`~sklearn.model_selection.KFold` or
-        :class:`~sklearn.model_selection.GroupKFold`).
+    features : "fmcib", "radiomics", transformer or None, default="fmcib"
+        The feature step, as in :func:`malignancy_pipeline`: the FMCIB features, the
+        radiomics baseline, a configured transformer, or None when ``X`` already holds
+        features.
     param_grid : dict, optional
         The search grid; by default ``alpha`` in :data:`ALPHA_GRID`.
+    cv : int or splitter, default=3
+        Inner cross-validation of the search: a number of
+        :class:`~sklearn.model_selection.KFold` folds, or a splitter such as
+        :class:`~sklearn.model_selection.GroupKFold` to keep the lesions of a patient
+        together (see :func:`malignancy_pipeline`).
     tau : float, optional
         None: the search maximises Harrell's concordance index (the model's ``score``).
         A time: it maximises Uno's IPCW concordance index truncated at ``tau``
         (:func:`sksurv.metrics.as_concordance_index_ipcw_scorer`, whose grid keys then
         start with ``"estimator__"``).
+    tune : bool, default=True
+        False gives the plain head with ``alpha`` fixed (for tiny training sets, where
+        an inner search cannot split).
     alpha : float, default=1000.0
         Penalty when ``tune=False``.
 
@@ -349,6 +373,9 @@ def survival_pipeline(
 class MetricSpec:
     """A metric of a task: its name, label, function and which prediction it takes.
 
+    The ``evaluate_*`` functions make these (:attr:`TaskResult.specs`); the attributes
+    below are also the constructor's parameters, in this order.
+
     Attributes
     ----------
     name : str
@@ -375,14 +402,36 @@ class MetricSpec:
     bounds: tuple[float, float] | None = (0.0, 1.0)
     strata: Callable[[np.ndarray], np.ndarray] | None = None
 
-    def strata_of(self, y_true: np.ndarray):
-        """The ``strata`` argument of the bootstrap for targets ``y_true``."""
+    def strata_of(self, y_true: np.ndarray) -> str | np.ndarray:
+        """The ``strata`` argument of the bootstrap for targets ``y_true``.
+
+        Parameters
+        ----------
+        y_true : ndarray of shape (n_samples,)
+            The targets (labels or a structured survival array).
+
+        Returns
+        -------
+        "auto" or ndarray of shape (n_samples,)
+            ``"auto"`` without ``strata``, else ``strata(y_true)``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skfmcib.tasks import MetricSpec
+        >>> MetricSpec("roc_auc", "AUC", lambda y, s: 0.5).strata_of(np.array([0, 1]))
+        'auto'
+        """
         return "auto" if self.strata is None else self.strata(y_true)
 
 
 @dataclass
 class TaskResult:
     """Cross-validated predictions of a task and its metrics with bootstrap intervals.
+
+    Made by :func:`evaluate_malignancy`, :func:`evaluate_site` and
+    :func:`evaluate_survival`; the attributes below are also the constructor's
+    parameters, in this order.
 
     Attributes
     ----------
@@ -423,8 +472,29 @@ class TaskResult:
     groups: np.ndarray | None = None
     classes: np.ndarray | None = None
 
-    def prediction(self, spec: MetricSpec) -> np.ndarray:
-        """The prediction ``spec`` is computed from (``y_score`` or ``y_pred``)."""
+    def prediction(self, spec: MetricSpec) -> np.ndarray | None:
+        """The prediction ``spec`` is computed from (``y_score`` or ``y_pred``).
+
+        Parameters
+        ----------
+        spec : MetricSpec
+            One of :attr:`specs`.
+
+        Returns
+        -------
+        ndarray or None
+            ``y_pred`` when ``spec.uses == "pred"`` (None for survival results, which
+            have no predicted labels), else ``y_score``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skfmcib.tasks import MetricSpec, TaskResult
+        >>> result = TaskResult("malignancy", {}, [], np.array([0, 1]), np.array([0.2, 0.7]),
+        ...                     np.array([0, 1]), np.array([0, 1]))
+        >>> result.prediction(MetricSpec("roc_auc", "AUC", lambda y, s: 0.5)).tolist()
+        [0.2, 0.7]
+        """
         return self.y_pred if spec.uses == "pred" else self.y_score
 
     def to_frame(self) -> pd.DataFrame:
@@ -461,13 +531,13 @@ def _search_of(estimator):
 
 def cross_validated_predictions(
     estimator: BaseEstimator,
-    X,
-    y,
+    X: ArrayLike | pd.DataFrame,
+    y: ArrayLike,
     *,
-    groups=None,
-    cv=5,
+    groups: ArrayLike | None = None,
+    cv: int | Splitter = 5,
     method: str = "predict_proba",
-    random_state=None,
+    random_state: int | np.random.RandomState | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[dict], np.ndarray | None]:
     """Out-of-fold predictions of an estimator (with its inner search kept group-aware).
 
@@ -491,7 +561,7 @@ def cross_validated_predictions(
         Outer folds (see :func:`skfmcib.evaluation.make_cv`).
     method : {"predict_proba", "predict", "decision_function"}, default="predict_proba"
         What to predict.
-    random_state : int or None
+    random_state : int, RandomState instance or None, default=None
         Seeds the folds.
 
     Returns
@@ -671,15 +741,15 @@ def _check_binary(y) -> np.ndarray:
 
 
 def evaluate_malignancy(
-    estimator,
-    X,
-    y,
+    estimator: BaseEstimator,
+    X: ArrayLike | pd.DataFrame,
+    y: ArrayLike,
     *,
-    groups=None,
-    cv=5,
+    groups: ArrayLike | None = None,
+    cv: int | Splitter = 5,
     n_resamples: int = 1000,
     alpha: float = 0.05,
-    random_state=None,
+    random_state: int | np.random.RandomState | None = None,
 ) -> TaskResult:
     """Cross-validated malignancy AUC and mAP (average precision) with bootstrap intervals.
 
@@ -700,7 +770,7 @@ def evaluate_malignancy(
         Bootstrap resamples.
     alpha : float, default=0.05
         1 - confidence level.
-    random_state : int or None
+    random_state : int, RandomState instance or None, default=None
         Seeds folds and bootstrap.
 
     Returns
@@ -776,15 +846,15 @@ def _macro_ap(y_true, proba, classes) -> float:
 
 
 def evaluate_site(
-    estimator,
-    X,
-    y,
+    estimator: BaseEstimator,
+    X: ArrayLike | pd.DataFrame,
+    y: ArrayLike,
     *,
-    groups=None,
-    cv=5,
+    groups: ArrayLike | None = None,
+    cv: int | Splitter = 5,
     n_resamples: int = 1000,
     alpha: float = 0.05,
-    random_state=None,
+    random_state: int | np.random.RandomState | None = None,
 ) -> TaskResult:
     """Cross-validated anatomical-site balanced accuracy and mAP with bootstrap intervals.
 
@@ -843,17 +913,17 @@ def evaluate_site(
 
 
 def evaluate_survival(
-    estimator,
-    X,
-    y,
+    estimator: BaseEstimator,
+    X: ArrayLike | pd.DataFrame,
+    y: ArrayLike,
     *,
-    groups=None,
-    cv=5,
+    groups: ArrayLike | None = None,
+    cv: int | Splitter = 5,
     horizon: float = 24.0,
     tau: float | None = None,
     n_resamples: int = 1000,
     alpha: float = 0.05,
-    random_state=None,
+    random_state: int | np.random.RandomState | None = None,
 ) -> TaskResult:
     """Cross-validated concordance (Harrell's, Uno's) and horizon AUC, with intervals.
 
@@ -866,14 +936,23 @@ def evaluate_survival(
         Features or a lesion table.
     y : structured array of shape (n_samples,)
         Event indicator and time, e.g. ``Surv.from_arrays(event, time)``.
-    groups, cv, n_resamples, alpha, random_state
-        As in :func:`evaluate_malignancy`; the folds are stratified on the event.
+    groups : array-like of shape (n_samples,), optional
+        Patient of each lesion; folds, inner search and bootstrap then keep patients
+        together.
+    cv : int or splitter, default=5
+        Outer folds; a number of folds is stratified on the event.
     horizon : float, default=24.0
         Time of the binary endpoint of :func:`~skfmcib.evaluation.survival_auc` (the
         paper's 2-year survival: 24 with times in months).
     tau : float, optional
         Truncation time of Uno's concordance index (see
         :func:`~skfmcib.evaluation.uno_c`).
+    n_resamples : int, default=1000
+        Bootstrap resamples.
+    alpha : float, default=0.05
+        1 - confidence level.
+    random_state : int, RandomState instance or None, default=None
+        Seeds folds and bootstrap.
 
     Returns
     -------
@@ -962,7 +1041,7 @@ def compare_results(
     *,
     n_resamples: int = 1000,
     alpha: float = 0.05,
-    random_state=None,
+    random_state: int | np.random.RandomState | None = None,
 ) -> dict[str, BootstrapCI]:
     """Paired bootstrap intervals of each metric's difference between two models.
 

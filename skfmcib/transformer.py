@@ -9,9 +9,11 @@ import sys
 import threading
 import warnings
 from numbers import Integral
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, check_memory
@@ -30,6 +32,9 @@ from .patches import (
     resolve_n_jobs,
 )
 from .table import RowError, validate_table
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["FMCIBTransformer"]
 
@@ -198,7 +203,7 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
         if self.progress not in (True, False, "auto"):
             raise ValueError(f"progress must be True, False or 'auto', got {self.progress!r}")
 
-    def fit(self, X=None, y=None):
+    def fit(self, X: pd.DataFrame | ArrayLike | None = None, y: ArrayLike | None = None) -> Self:
         """Load the encoder; the data are only checked (the encoder is pretrained).
 
         Parameters
@@ -212,7 +217,8 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        self : FMCIBTransformer
+        FMCIBTransformer
+            The transformer itself, fitted.
         """
         with gc_paused():  # the first call imports torch
             from . import runtime
@@ -300,7 +306,7 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
         state.pop("_encoder_precision", None)
         return state
 
-    def transform(self, X):
+    def transform(self, X: pd.DataFrame | ArrayLike) -> np.ndarray:
         """Compute FMCIB features.
 
         Parameters
@@ -529,7 +535,9 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
             out = self._empty_output(n)
         return out
 
-    def fit_transform(self, X, y=None, **fit_params):
+    def fit_transform(
+        self, X: pd.DataFrame | ArrayLike, y: ArrayLike | None = None, **fit_params: Any
+    ) -> np.ndarray:
         """Fit (load the encoder) and compute the features of ``X``.
 
         For a lesion table without a feature cache, the first images are read while
@@ -584,7 +592,7 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
         warning.row_error = error
         warnings.warn(warning, stacklevel=4)
 
-    def get_feature_names_out(self, input_features=None):
+    def get_feature_names_out(self, input_features: ArrayLike | None = None) -> np.ndarray:
         """Names of the output features: ``fmcib_0``, ``fmcib_1``, ...
 
         One per feature, up to ``fmcib_{n_features_out_ - 1}`` (``fmcib_4095`` for the

@@ -727,6 +727,9 @@ class _FileDigest:
 class Checkpoint:
     """The encoder weights found in a file, with their origin.
 
+    Made by :func:`read_checkpoint`, not by users: the constructor's parameters
+    (the attributes below, with a private digest in place of ``digest``) are internal.
+
     Attributes
     ----------
     state_dict : dict of str to torch.Tensor
@@ -752,6 +755,7 @@ class Checkpoint:
 
     @property
     def digest(self) -> str:
+        """SHA-256 of the file, computed on first access; see the class's attributes."""
         return self._digest.get()
 
 
@@ -1036,6 +1040,7 @@ class WeightsInfo:
 
     @property
     def digest(self) -> str:
+        """SHA-256 of the checkpoint file, or ``"random:<random_state>"``."""
         digest = self._digest
         return digest if isinstance(digest, str) else digest.get()
 

@@ -31,8 +31,9 @@ def as_flags(message: str, flags: Mapping[str, str] = FLAGS) -> str:
     ----------
     message : str
         A message of the Python API, e.g. a failed row's reason.
-    flags : mapping, optional
-        Python spellings and the flags that replace them; the encoder's by default.
+    flags : mapping of str to str, default=FLAGS
+        Python spellings and the flags that replace them; by default :data:`FLAGS`,
+        the options of the ``skfmcib`` commands.
 
     Returns
     -------
@@ -55,6 +56,21 @@ def as_flags(message: str, flags: Mapping[str, str] = FLAGS) -> str:
 
 def positive_int(text: str) -> int:
     """An argparse type: a whole number of at least 1.
+
+    Parameters
+    ----------
+    text : str
+        The option's value as given on the command line.
+
+    Returns
+    -------
+    int
+        The number.
+
+    Raises
+    ------
+    argparse.ArgumentTypeError
+        When ``text`` is not a whole number of at least 1 (argparse then reports it).
 
     Examples
     --------
