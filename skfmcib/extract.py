@@ -932,7 +932,7 @@ def extract(
         raise ExtractError(f"{out} is a folder; name the output file (.parquet or .csv)")
     if not out.parent.is_dir() and (out.parent.exists() or not _creatable(out.parent)):
         raise ExtractError(f"{out}: cannot create the folder {out.parent}")
-    with _exclusive(out):
+    with _exclusive(out), _connected(scheduler, transformer) as scheduler:
         return _extract(
             table,
             out,
@@ -947,6 +947,29 @@ def extract(
             mask_label=mask_label,
             log=log,
         )
+
+
+@contextlib.contextmanager
+def _connected(scheduler: Any, transformer: FMCIBTransformer | None) -> Iterator[Any]:
+    """The Dask client of ``scheduler`` (None for a local run), connected before any
+    part file is made, and closed at the end when made here."""
+    if scheduler is None:
+        yield None
+        return
+    params = (transformer or FMCIBTransformer()).get_params()
+    if params["weights"] is None and params["random_state"] is None:
+        raise ExtractError(
+            "random weights without a random_state would differ on every worker: "
+            "give the transformer a random_state"
+        )
+    from .distributed import get_client
+
+    client, owned = get_client(scheduler)
+    try:
+        yield client
+    finally:
+        if owned:
+            client.close()
 
 
 def _creatable(folder: Path) -> bool:

@@ -168,11 +168,20 @@ def test_workers_load_a_replaced_weights_file_again(client, study, tmp_path):
 
 
 def test_a_missing_scheduler_file_is_an_error_at_once(study, tmp_path):
-    from skfmcib.extract import ExtractError
+    from skfmcib.extract import ExtractError, parts_dir
 
     model = FMCIBTransformer(weights=study / "tiny.torch", device="cpu")
+    out = tmp_path / "f.csv"
     with pytest.raises(ExtractError, match=r"no Dask scheduler file at .*none\.json"):
-        extract(
-            study / "seeds.csv", tmp_path / "f.csv", transformer=model,
-            scheduler=str(tmp_path / "none.json"),
-        )  # fmt: skip
+        extract(study / "seeds.csv", out, transformer=model, scheduler=tmp_path / "none.json")
+    # Nothing was started: no parts for --resume or --overwrite to deal with.
+    assert not parts_dir(out).exists()
+    assert extract(study / "seeds.csv", out, transformer=model).n_written == 10
+
+
+def test_random_weights_on_a_cluster_need_a_seed(study, tmp_path):
+    from skfmcib.extract import ExtractError
+
+    model = FMCIBTransformer(weights=None, arch={"arch": "resnet10", "widen_factor": 0.25})
+    with pytest.raises(ExtractError, match="would differ on every worker: give the transformer"):
+        extract(study / "seeds.csv", tmp_path / "f.csv", transformer=model, scheduler="x.json")
