@@ -134,6 +134,8 @@ def read_layout(path: str | Path) -> NiftiLayout | None:
     origin = lps * m[:3, 3]
     direction = lps[:, None] * m[:3, :3]
     direction = direction / np.sqrt((direction**2).sum(axis=0))
+    if not math.isfinite(h.vox_offset):
+        return None  # SimpleITK decides where the voxels are
     offset = int(h.vox_offset)
     if offset != h.vox_offset or offset < 352:
         return None
@@ -177,7 +179,8 @@ class _Header:
         (self.vox_offset, self.scl_slope, self.scl_inter) = unpack("3f", 108)
         self.xyzt_units = raw[123]
         (self.qform_code, self.sform_code) = unpack("2h", 252)
-        self.quatern = unpack("6f", 256)
+        # nifti_clib's FIXED_FLOAT: a quaternion or offset that is not a number is 0.
+        self.quatern = tuple(v if math.isfinite(v) else 0.0 for v in unpack("6f", 256))
         self.srow = unpack("12f", 280)
 
 

@@ -316,27 +316,31 @@ def _check_gzip_complete(path: Path) -> None:
         with open(path, "rb") as fh:
             fh.seek(-4, os.SEEK_END)
             stored = struct.unpack("<I", fh.read(4))[0]
-    except (OSError, EOFError, struct.error) as exc:
+    except (OSError, EOFError, struct.error, zlib.error) as exc:
         raise ImageReadError(
             f"{path}: cannot read image (file is truncated or corrupt: {exc})"
         ) from exc
     for order in "<>":
         if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:
             dims = struct.unpack(order + "8h", header[40:56])
-            bitpix = struct.unpack(order + "h", header[72:74])[0]
-            offset = int(struct.unpack(order + "f", header[108:112])[0])
+            datatype, bitpix = struct.unpack(order + "2h", header[70:74])
+            offset = struct.unpack(order + "f", header[108:112])[0]
             break
         if len(header) >= 540 and struct.unpack(order + "i", header[:4])[0] == 540:
             dims = struct.unpack(order + "8q", header[16:80])
-            bitpix = struct.unpack(order + "h", header[14:16])[0]
-            offset = int(struct.unpack(order + "q", header[168:176])[0])
+            datatype, bitpix = struct.unpack(order + "2h", header[12:16])
+            offset = struct.unpack(order + "q", header[168:176])[0]
             break
     else:
         return  # not a NIfTI header this knows: let ITK judge
     n = 1
     for d in dims[1 : 1 + max(0, min(int(dims[0]), 7))]:
         n *= max(1, int(d))
-    expected = max(offset, 348) + n * bitpix // 8
+    # nifti_clib sizes voxels by the datatype, whatever bitpix says, and reads a
+    # vox_offset that is not a number as none.
+    nbytes = _NIFTI_VOXEL_BYTES.get(datatype, bitpix // 8)
+    offset = int(offset) if math.isfinite(offset) else 0
+    expected = max(offset, 348) + n * nbytes
     if stored == expected % 2**32:
         return
     # A file of several gzip members (bgzip) stores only the last member's size, and
@@ -355,9 +359,22 @@ def _check_gzip_complete(path: Path) -> None:
         )
 
 
+# Bytes per voxel of the NIfTI datatype codes (nifti_clib's nifti_datatype_sizes).
+_NIFTI_VOXEL_BYTES = {
+    2: 1, 4: 2, 8: 4, 16: 4, 32: 8, 64: 8, 128: 3, 256: 1, 512: 2, 768: 4, 1024: 8,
+    1280: 8, 1536: 16, 1792: 16, 2048: 32, 2304: 4,
+}  # fmt: skip
+
+
 def _gzip_content_bytes(path: Path) -> int:
     """The length of a gzip file's content: its members in turn, as zlib's ``gzread``
-    reads them (bytes after a member that do not start another one are ignored)."""
+    reads them (bytes after a member that do not start another one are ignored).
+
+    A failure in the first member is raised; after it, what was counted is returned:
+    the caller compares it with what the header needs, so content missing from a bad
+    later member is still missing, while trailing bytes that only look like another
+    member do not matter.
+    """
     total = 0
     with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         view = memoryview(mm)
@@ -365,16 +382,20 @@ def _gzip_content_bytes(path: Path) -> int:
             start = 0
             while view[start : start + 2] == b"\x1f\x8b":
                 inflater = zlib.decompressobj(31)
-                pos = start
-                while not inflater.eof:
-                    if pos >= len(view):
-                        raise OSError("the file ends in the middle of its compressed data")
-                    chunk = view[pos : pos + (1 << 22)]
-                    pos += len(chunk)
-                    total += len(inflater.decompress(chunk, 1 << 24))
-                    while inflater.unconsumed_tail and not inflater.eof:
-                        total += len(inflater.decompress(inflater.unconsumed_tail, 1 << 24))
-                    chunk.release()
+                pos, counted_before = start, total
+                try:
+                    while not inflater.eof:
+                        if pos >= len(view):
+                            raise OSError("the file ends in the middle of its compressed data")
+                        with view[pos : pos + (1 << 22)] as chunk:
+                            pos += len(chunk)
+                            total += len(inflater.decompress(chunk, 1 << 24))
+                        while inflater.unconsumed_tail and not inflater.eof:
+                            total += len(inflater.decompress(inflater.unconsumed_tail, 1 << 24))
+                except (OSError, zlib.error):
+                    if start == 0:
+                        raise
+                    return counted_before
                 start = pos - len(inflater.unused_data)
         finally:
             view.release()
@@ -591,6 +612,7 @@ def read_image(path: str | os.PathLike, series_uid: str | None = None) -> Volume
         return Volume(_narrowed(volume.array), volume.geometry, volume.path)
     try:
         _check_gzip_complete(path)
+        _check_meta_compressed(path)
         source = _nifti_source(path)
         if source is not None:
             return source.read()
@@ -1023,6 +1045,25 @@ _META_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "
                "MET_UINT": 4, "MET_FLOAT": 4, "MET_DOUBLE": 8}  # fmt: skip
 
 
+def _check_meta_compressed(path: Path) -> None:
+    """Refuse a compressed MetaImage whose voxels follow its header (``LOCAL``) and whose
+    header lacks ``CompressedDataSize``: SimpleITK inflates such a file wrongly (another
+    result on each read), with only a console message. SimpleITK writes the size."""
+    if path.suffix.lower() not in (".mha", ".mhd"):
+        return
+    fields, _, _ = _meta_header(path)
+    if (
+        _meta_flag(fields, "CompressedData", False)
+        and "CompressedDataSize" not in fields
+        and fields.get("ElementDataFile", "").upper() == "LOCAL"
+    ):
+        raise ImageReadError(
+            f"{path}: compressed MetaImage without CompressedDataSize, which SimpleITK "
+            "reads wrongly; write it again with SimpleITK (it stores the size), or "
+            "uncompressed"
+        )
+
+
 def _check_meta_complete(
     path: Path, size: tuple[int, ...], fields: dict[str, str], header: int
 ) -> None:
@@ -1384,6 +1425,7 @@ def open_image(path: str | os.PathLike, series_uid: str | None = None) -> ImageS
     if path.is_dir():
         return _open_dicom_directory(path, series_uid)
     _check_gzip_complete(path)
+    _check_meta_compressed(path)
     source = _nifti_source(path)
     if source is not None:
         return source

@@ -662,7 +662,7 @@ def test_non_finite_float_voxels_are_zero_as_simpleitk_reads_them(tmp_path, suff
     np.testing.assert_array_equal(whole, read_with_simpleitk(path).array)
 
 
-def _meta(path: Path, array: np.ndarray, binary="True", compressed=None) -> Path:
+def _meta(path: Path, array: np.ndarray, binary="True", compressed=None, size=True) -> Path:
     nz, ny, nx = array.shape
     head = (
         f"ObjectType = Image\nNDims = 3\nBinaryData = {binary}\nBinaryDataByteOrderMSB = False\n"
@@ -674,7 +674,7 @@ def _meta(path: Path, array: np.ndarray, binary="True", compressed=None) -> Path
         body = (" ".join(map(str, array.ravel())) + "\n").encode()
     elif compressed:
         body = zlib.compress(array.tobytes())
-        head += f"CompressedDataSize = {len(body)}\n"
+        head += f"CompressedDataSize = {len(body)}\n" if size else ""
     else:
         body = array.tobytes()
     path.write_bytes((head + "ElementDataFile = LOCAL\n").encode() + body)
@@ -695,6 +695,14 @@ def test_compressed_metaimage_flag_spellings(tmp_path, flag):
     np.testing.assert_array_equal(read_with_simpleitk(path).array, _ramp())
     assert open_image(path).sequential  # read as compressed data, not refused as short
     _assert_regions_equal_full_read(path)
+
+
+def test_a_compressed_metaimage_without_its_size_is_refused(tmp_path):
+    path = _meta(tmp_path / "ct.mha", _ramp(), compressed="True", size=False)
+    for reader in (open_image, read_image):
+        with pytest.raises(ImageReadError, match=r"ct\.mha: compressed MetaImage without "
+                                             r"CompressedDataSize"):  # fmt: skip
+            reader(path)
 
 
 @pytest.mark.parametrize("length", [65535, 65536, 3 * 65536])

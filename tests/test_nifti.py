@@ -233,6 +233,65 @@ def test_headers_it_leaves_to_simpleitk(tmp_path):
         open_image(tmp_path / "time_series.nii")
 
 
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+@pytest.mark.parametrize(
+    "quatern",
+    [
+        (float("nan"), 0.0, 1.0, 1.0, 2.0, 3.0),  # nifti_clib reads these as 0
+        (0.0, float("inf"), 0.0, 1.0, 2.0, 3.0),
+        (0.0, 0.0, 1.0, float("nan"), 2.0, 3.0),
+        (0.0, 0.0, 1.0, 1.0, float("-inf"), 3.0),
+    ],
+)
+def test_a_quaternion_or_offset_that_is_not_a_number_reads_as_zero(tmp_path, suffix, quatern):
+    array = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+    path = write_nifti(tmp_path / f"q{suffix}", array, quatern=quatern, qform_code=1)
+    _assert_like_simpleitk(path)
+    assert np.isfinite(read_image(path).geometry.direction).all()
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_a_voxel_offset_that_is_not_a_number_is_left_to_simpleitk(tmp_path, suffix):
+    array = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+    path = write_nifti(tmp_path / f"o{suffix}", array, quatern=(0,) * 6, qform_code=1)
+    raw = bytearray(
+        gzip.decompress(path.read_bytes()) if suffix == ".nii.gz" else path.read_bytes()
+    )
+    struct.pack_into("<f", raw, 108, float("nan"))
+    path.write_bytes(gzip.compress(bytes(raw)) if suffix == ".nii.gz" else bytes(raw))
+    assert read_layout(path) is None
+    _assert_like_simpleitk(path)
+
+
+def test_a_gzipped_file_is_sized_by_its_datatype_not_bitpix(tmp_path):
+    array = np.arange(6 * 7 * 8, dtype=np.int16).reshape(6, 7, 8)
+    path = write_nifti(tmp_path / "b.nii.gz", array, quatern=(0,) * 6, qform_code=1)
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    struct.pack_into("<h", raw, 72, 64)  # bitpix says 8 bytes a voxel; int16 has 2
+    path.write_bytes(gzip.compress(bytes(raw)))
+    _assert_like_simpleitk(path)
+
+
+def test_corrupt_gzip_data_is_an_image_read_error(tmp_path):
+    array = np.arange(6 * 7 * 8, dtype=np.int16).reshape(6, 7, 8)
+    path = write_nifti(tmp_path / "c.nii.gz", array, quatern=(0,) * 6, qform_code=1)
+    data = bytearray(path.read_bytes())
+    data[10] ^= 0xFF  # the first deflate block's header
+    path.write_bytes(bytes(data))
+    for reader in (open_image, read_image):
+        with pytest.raises(ImageReadError, match=r"c\.nii\.gz.*corrupt"):
+            reader(path)
+    # A bad member after a complete one: the content it should add is missing.
+    whole = write_nifti(tmp_path / "w.nii.gz", array, quatern=(0,) * 6, qform_code=1)
+    raw = gzip.decompress(whole.read_bytes())
+    second = bytearray(gzip.compress(raw[1000:]))
+    second[10] ^= 0xFF
+    whole.write_bytes(gzip.compress(raw[:1000]) + bytes(second))
+    for reader in (open_image, read_image):
+        with pytest.raises(ImageReadError, match=r"w\.nii\.gz.*(truncated|corrupt)"):
+            reader(whole)
+
+
 def test_truncated_file_names_the_file(tmp_path):
     path = write_nifti(
         tmp_path / "cut.nii", np.ones((8, 9, 10), np.int16), quatern=(0,) * 6, qform_code=1
