@@ -172,12 +172,29 @@ def atomic_save(obj: Any, path: Path) -> None:
 
 def load_state(path: Path) -> dict[str, Any]:
     """Read a training state written by :func:`atomic_save` (weights-only unpickling)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, UnpicklingError, ...
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(
+            f"{path}: cannot read this training state ({reason}); delete the file, or "
+            "pass resume=False to train from the start"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ValueError(f"{path} is not a skfmcib training state")
     if state.get("version") != STATE_VERSION:
         raise ValueError(f"{path}: unsupported training-state version {state.get('version')}")
     return state
+
+
+def own_copy(module: nn.Module) -> nn.Module:
+    """Give ``module`` tensors of its own in memory: a loaded file's are memory-mapped,
+    so rewriting the file in place would change them (and cutting it short would end
+    the process at the next read)."""
+    module.load_state_dict({k: v.clone() for k, v in module.state_dict().items()}, assign=True)
+    return module
 
 
 def cpu_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:

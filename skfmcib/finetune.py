@@ -36,7 +36,7 @@ from sksurv.util import check_array_survival, check_y_survival
 from . import _training, runtime
 from ._text import counted
 from .patches import as_patches
-from .weights import _check_plain, load_encoder, read_checkpoint, save_checkpoint
+from .weights import _check_plain, _first_line, load_encoder, read_checkpoint, save_checkpoint
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -229,8 +229,11 @@ class _FineTuner(BaseEstimator):
 
     # ------------------------------------------------------------------ subclass API
 
-    def _prepare_targets(self, X: np.ndarray, y) -> tuple[torch.Tensor, np.ndarray | None, int]:
-        """Return (targets for the loss, labels to stratify by, number of outputs)."""
+    def _prepare_targets(
+        self, X: np.ndarray, y
+    ) -> tuple[torch.Tensor, np.ndarray | None, int, dict[str, Any]]:
+        """Return (targets for the loss, labels to stratify by, number of outputs, fitted
+        attributes to set once training succeeds)."""
         raise NotImplementedError
 
     def _loss(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -306,7 +309,9 @@ class _FineTuner(BaseEstimator):
         """
         self._check_params()
         patches = as_patches(X, coordinate_system=self.coordinate_system)
-        target, stratify, n_out = self._prepare_targets(patches, y)
+        # Fitted attributes are set together after training: a refit that fails leaves
+        # the fitted estimator as it was, not new classes beside the old head.
+        target, stratify, n_out, fitted = self._prepare_targets(patches, y)
         device = runtime.resolve_device(self.device)
         init_seed, split_seed, train_seed = (
             int(s) for s in check_random_state(self.random_state).randint(0, 2**31 - 1, size=3)
@@ -317,6 +322,7 @@ class _FineTuner(BaseEstimator):
             cache_dir=self.cache_dir,
             random_state=init_seed if self.weights is None else None,
         )
+        _training.own_copy(encoder)  # frozen layers must not follow the file on disk
         spec = _training.head_spec(self.head, encoder.out_features, n_out)
         network = _training.EncoderWithHead(encoder, _training.build_head(spec, init_seed))
         frozen = _training.freeze_stages(encoder, _training.check_freeze(self.freeze))
@@ -360,6 +366,8 @@ class _FineTuner(BaseEstimator):
         )
         for p in network.parameters():
             p.requires_grad_(False)
+        for name, value in fitted.items():
+            setattr(self, name, value)
         self.encoder_ = network.encoder.eval()
         self.head_ = network.head.eval()
         self.head_spec_ = spec
@@ -447,6 +455,7 @@ class _FineTuner(BaseEstimator):
             "head_spec": dict(self.head_spec_),
             "head_state_dict": _training.cpu_state_dict(self.head_),
             "history": list(self.history_),
+            "best_epoch": self.best_epoch_,
             **self._extra_state(),
         }
         return save_checkpoint(self.encoder_, path, extra=extra)
@@ -506,12 +515,25 @@ class _FineTuner(BaseEstimator):
                 f"{cls.__name__}.load sets {' and '.join(fixed)} from the file; pass the "
                 "other parameters only"
             )
-        spec = dict(extra["head_spec"])
         saved = {k: v for k, v in dict(extra.get("params", {})).items() if k not in _NOT_SAVED}
-        est = cls(weights=str(path), head=spec["kind"], **{**saved, **params})
+        unknown = sorted(set(saved) - set(cls._get_param_names()))
+        if unknown:
+            raise ValueError(
+                f"{path}: saved with parameters this {cls.__name__} does not have "
+                f"({', '.join(unknown)}): written by another version of skfmcib?"
+            )
+        try:
+            spec = dict(extra["head_spec"])
+            est = cls(weights=str(path), head=spec["kind"], **{**saved, **params})
+            est._check_params()
+            head = _training.build_head(spec, seed=0)
+            head.load_state_dict(extra["head_state_dict"])
+            est._restore_extra_state(extra)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            what = f"no {exc} entry" if isinstance(exc, KeyError) else _first_line(exc)
+            raise ValueError(f"{path}: not a usable saved {cls.__name__} ({what})") from exc
         encoder, info = load_encoder(checkpoint.path)
-        head = _training.build_head(spec, seed=0)
-        head.load_state_dict(extra["head_state_dict"])
+        _training.own_copy(encoder)  # not the file on disk: it may be rewritten
         for p in (*encoder.parameters(), *head.parameters()):
             p.requires_grad_(False)
         est.encoder_, est.head_ = encoder.eval(), head.eval()
@@ -519,9 +541,8 @@ class _FineTuner(BaseEstimator):
         est.weights_info_ = info
         est.history_ = list(extra.get("history", []))
         est.n_iter_ = len(est.history_)
-        est.best_epoch_ = None
+        est.best_epoch_ = extra.get("best_epoch")
         est.checkpoint_path_ = None
-        est._restore_extra_state(extra)
         return est
 
     def __getstate__(self):
@@ -667,12 +688,12 @@ class FMCIBClassifier(ClassifierMixin, _FineTuner):
             )
         if self.class_weight not in (None, "balanced"):
             raise ValueError(f"class_weight must be None or 'balanced', got {self.class_weight!r}")
-        self.classes_ = classes
-        self._class_weights = None
+        self._class_weights = None  # the loss's, while training
         if self.class_weight == "balanced":
             weights = compute_class_weight("balanced", classes=np.arange(len(classes)), y=encoded)
             self._class_weights = torch.as_tensor(weights, dtype=torch.float32)
-        return torch.as_tensor(encoded, dtype=torch.long), encoded, len(classes)
+        target = torch.as_tensor(encoded, dtype=torch.long)
+        return target, encoded, len(classes), {"classes_": classes}
 
     def _loss(self, outputs, target):
         if self._class_weights is None:
@@ -832,7 +853,7 @@ class FMCIBSurvivalAnalysis(SurvivalAnalysisMixin, _FineTuner):
     def _prepare_targets(self, X, y):
         event, time = check_array_survival(X, y)
         target = torch.as_tensor(np.stack([time, event], axis=1), dtype=torch.float64)
-        return target, event.astype(np.int64), 1
+        return target, event.astype(np.int64), 1, {}
 
     def _loss(self, outputs, target):
         return cox_ph_loss(outputs[:, 0], target[:, 0], target[:, 1])

@@ -917,8 +917,7 @@ def _pretrain(table, out, ddp, device, say, **kw) -> Path:
     else:
         encoder, info = load_encoder(None, config=_config_of(kw["arch"]), random_state=seed)
         init_digest, config = info.digest, info.config
-    # Tensors of a loaded file are memory-mapped; give training its own copy.
-    encoder.load_state_dict({k: v.clone() for k, v in encoder.state_dict().items()}, assign=True)
+    _training.own_copy(encoder)  # a loaded file's tensors are memory-mapped
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         projector = projection_head(encoder.out_features)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import pickle
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -251,6 +253,71 @@ def test_load_gives_back_the_saved_parameters(tmp_path, blobs):
     assert FMCIBClassifier.load(tmp_path / "clf.pt", batch_size=2).batch_size == 2
 
 
+def test_a_loaded_or_fine_tuned_model_does_not_follow_its_file(tmp_path, blobs):
+    X, y = blobs
+    encoder, _ = load_encoder(None, config=EncoderConfig(**TINY), random_state=3)
+    start_checkpoint = save_checkpoint(encoder, tmp_path / "start.pt")
+    clf = FMCIBClassifier(**FAST, max_epochs=1).fit(X, y)
+    path = clf.save(tmp_path / "clf.pt")
+    loaded = FMCIBClassifier.load(path, device="cpu")
+    frozen = FMCIBClassifier(
+        **{**FAST, "weights": str(start_checkpoint)}, freeze="encoder", max_epochs=1
+    ).fit(X, y)
+    before = loaded.predict_proba(X), frozen.predict_proba(X)
+    other = FMCIBClassifier(**{**FAST, "random_state": 5}, max_epochs=1).fit(X, y)
+    other.save(tmp_path / "other.pt")
+    shutil.copyfile(tmp_path / "other.pt", path)  # rewritten in place
+    shutil.copyfile(tmp_path / "other.pt", start_checkpoint)
+    np.testing.assert_array_equal(loaded.predict_proba(X), before[0])
+    np.testing.assert_array_equal(frozen.predict_proba(X), before[1])
+    path.write_bytes(b"")  # cut short: a file still read would end the process
+    np.testing.assert_array_equal(loaded.predict_proba(X), before[0])
+
+
+def test_a_refit_that_fails_leaves_the_fitted_classifier_as_it_was(tmp_path, blobs):
+    X, y = blobs
+    clf = FMCIBClassifier(**FAST, max_epochs=1).fit(X, y)
+    before = clf.predict(X)
+    labels = np.array(list("abcd"))[np.arange(len(y)) % 4]
+    with pytest.raises(FileNotFoundError):
+        clf.set_params(weights=str(tmp_path / "absent.pt")).fit(X, labels)
+    np.testing.assert_array_equal(clf.classes_, [0, 1])
+    np.testing.assert_array_equal(clf.predict(X), before)
+
+
+def test_load_restores_the_best_epoch_and_names_a_damaged_file(tmp_path, blobs):
+    X, y = blobs
+    clf = FMCIBClassifier(**FAST, max_epochs=3, validation_fraction=0.5, n_iter_no_change=3)
+    clf.fit(X, y)
+    path = clf.save(tmp_path / "clf.pt")
+    assert FMCIBClassifier.load(path).best_epoch_ == clf.best_epoch_ is not None
+    checkpoint = torch.load(path, weights_only=True)
+    for name, change in (
+        ("no 'classes' entry", lambda c: c.pop("classes")),
+        ("Sequential", lambda c: c["head_state_dict"].popitem()),
+        ("max_epochs must be", lambda c: c["params"].update(max_epochs="x")),
+        ("parameters this FMCIBClassifier does not have \\(bogus\\): written by another",
+         lambda c: c["params"].update(bogus=1)),
+    ):  # fmt: skip
+        damaged = copy.deepcopy(checkpoint)
+        change(damaged)
+        torch.save(damaged, tmp_path / "damaged.pt")
+        with pytest.raises(ValueError, match=rf"damaged\.pt: .*{name}"):
+            FMCIBClassifier.load(tmp_path / "damaged.pt")
+
+
+def test_a_damaged_training_state_is_named(tmp_path, blobs):
+    X, y = blobs
+    params = {**FAST, "max_epochs": 1, "checkpoint_dir": str(tmp_path)}
+    FMCIBClassifier(**params).fit(X, y)
+    (state,) = tmp_path.glob("*.pt")
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 3])
+    with pytest.raises(ValueError, match=rf"{state.name}: cannot read this training state .*"
+                                         r"delete the file, or pass resume=False"):  # fmt: skip
+        FMCIBClassifier(**params).fit(X, y)
+    assert FMCIBClassifier(**params, resume=False).fit(X, y).n_iter_ == 1
+
+
 def test_random_state_generators_are_told_apart_in_the_run_id(tmp_path, blobs):
     X, y = blobs
     # Starting weights from a file: the same digest whatever the seeds.
@@ -294,7 +361,7 @@ def test_survival_functions_do_not_change_with_a_shift_of_every_log_risk(blobs):
     before = est.predict_survival_function(X[:4], return_array=True)
     with torch.no_grad():  # log-risks beyond exp's range (about 709): 720 more for all
         _last_linear(est.head_).bias += 720.0
-        target, _, _ = est._prepare_targets(X, y)
+        target, *_ = est._prepare_targets(X, y)
         est._after_fit(np.asarray(X, dtype=np.float32), target)
     after = est.predict_survival_function(X[:4], return_array=True)
     assert np.isfinite(after).all()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -346,6 +347,35 @@ def test_cli_pretrains_and_resumes(seeds, tmp_path, capsys):
     assert info.config.arch == "resnet10"
     assert main([*argv, "--batch-size", "1"]) == 2
     assert "other settings (--batch-size: 2 -> 1, --lr:" in capsys.readouterr().err
+
+
+def test_cli_says_what_an_interrupted_run_keeps(seeds, tmp_path):
+    import signal
+    import time
+
+    csv = os.path.join(os.path.dirname(seeds["image_path"][0]), "seeds.csv")
+    out = tmp_path / "cli.pt"
+    argv = ["pretrain", csv, "--out", str(out), "--arch", "resnet10", "--widen-factor", "0.125"]
+    argv += ["--epochs", "500", "--batch-size", "2", "--device", "cpu", "--seed", "0", "-q"]
+    code = "import sys; from skfmcib.cli import main; raise SystemExit(main(sys.argv[1:]))"
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, *argv], stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not out.exists() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert out.exists(), "no epoch finished"
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=120)
+    finally:
+        child.kill()
+    assert child.returncode == 130, err
+    assert re.search(
+        rf"skfmcib pretrain: interrupted; {re.escape(str(out))} holds epoch \d+ of 500; run "
+        "the same command again to continue",
+        err,
+    ), err
 
 
 # ------------------------------------------------------------------ distributed

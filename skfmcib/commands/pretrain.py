@@ -154,6 +154,18 @@ def read_seeds(path: str | os.PathLike) -> pd.DataFrame:
     return read_reference_csv(path)
 
 
+def _kept(out: str) -> str:
+    """What an interrupted run leaves in ``out``, and how to go on."""
+    from ..weights import read_checkpoint
+
+    try:
+        state = read_checkpoint(out).extra["pretraining"]
+        done, total = int(state["epoch"]), int(state["run"]["epochs"])
+    except Exception:  # noqa: BLE001 - no file, or not a finished epoch's
+        return f"no finished epoch saved in {out}"
+    return f"{out} holds epoch {done} of {total}; run the same command again to continue"
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``skfmcib pretrain``; returns the exit status."""
     from ..pretrain import pretrain
@@ -197,6 +209,9 @@ def run(args: argparse.Namespace) -> int:
     except WeightsDownloadError as exc:  # --init-weights fmcib, not cached, offline
         print(f"skfmcib pretrain: error: {message(str(exc))}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"skfmcib pretrain: interrupted; {_kept(args.out)}", file=sys.stderr)
+        return 130
     if int(os.environ.get("RANK", "0")) == 0:
         print(out)
     return 0
