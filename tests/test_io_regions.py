@@ -581,6 +581,18 @@ def test_positions_rounded_in_the_headers_are_one_spacing(tmp_path):
         _move(directory, f"slice{k:03d}.dcm", dz)
     assert open_image(directory).strategy == "dicom"
     _same_as_simpleitk(directory)
+    # 0.625 mm slices whose positions are written with one decimal: steps of 0.6 and
+    # 0.7 mm, every slice within 0.05 mm of the evenly spaced stack
+    thin = write_dicom_series(tmp_path / "thin", _noise((12, 20, 24)), spacing=(1.0, 1.0, 0.625))
+
+    def one_decimal(ds):
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [x, y, f"{z:.1f}"]
+
+    for f in thin.iterdir():
+        _rewrite(f, one_decimal)
+    assert open_image(thin).strategy == "dicom"
+    _same_as_simpleitk(thin)
 
 
 @pytest.mark.parametrize(
