@@ -174,7 +174,7 @@ def load_state(path: Path) -> dict[str, Any]:
     """Read a training state written by :func:`atomic_save` (weights-only unpickling)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except OSError:
+    except (OSError, MemoryError):
         raise
     except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, UnpicklingError, ...
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]

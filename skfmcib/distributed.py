@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -37,6 +38,7 @@ __all__ = ["get_client", "map_chunks", "worker_transformer"]
 # Per parameters: the weights file's identity when loaded, the fitted transformer, its lock.
 _CACHE: dict[str, tuple[tuple | None, FMCIBTransformer, threading.Lock]] = {}
 _CACHE_LOCK = threading.Lock()
+_CONNECT_SECONDS = 30
 
 
 def _require_distributed():
@@ -130,13 +132,18 @@ def get_client(scheduler: Any):
     if isinstance(scheduler, distributed.Client):
         return scheduler, False
     text = str(scheduler)
-    if text.endswith(".json") and not Path(text).is_file():
-        # distributed waits for a scheduler file to appear, whatever the timeout
-        raise ExtractError(f"no Dask scheduler file at {text}")
+    if text.endswith(".json"):
+        # distributed waits for a scheduler file to appear, whatever its timeout: wait
+        # as long as for an address (a scheduler started just before writes it soon).
+        deadline = time.monotonic() + _CONNECT_SECONDS
+        while not Path(text).is_file():
+            if time.monotonic() > deadline:
+                raise ExtractError(f"no Dask scheduler file at {text} after {_CONNECT_SECONDS} s")
+            time.sleep(0.2)
     try:
         if text.endswith(".json"):
-            return distributed.Client(scheduler_file=text, timeout="30s"), True
-        return distributed.Client(text, timeout="30s"), True
+            return distributed.Client(scheduler_file=text, timeout=f"{_CONNECT_SECONDS}s"), True
+        return distributed.Client(text, timeout=f"{_CONNECT_SECONDS}s"), True
     except (OSError, TimeoutError, ValueError) as exc:
         raise ExtractError(f"cannot reach the Dask scheduler at {text}: {exc}") from exc
 
@@ -144,13 +151,22 @@ def get_client(scheduler: Any):
 def _absolute_paths(params: Mapping[str, Any]) -> dict[str, Any]:
     """``params`` with a relative weights file or cache folder made absolute: workers
     run in folders of their own."""
+    from .weights import REGISTRY
+
     params = dict(params)
     weights = params.get("weights")
-    if isinstance(weights, (str, os.PathLike)) and Path(weights).expanduser().is_file():
+    if (
+        isinstance(weights, (str, os.PathLike))
+        and weights not in REGISTRY  # a name, as load_encoder reads it first
+        and Path(weights).expanduser().is_file()
+    ):
         params["weights"] = str(Path(weights).expanduser().resolve())
-    for name in ("cache_dir", "memory"):  # memory: a folder, or a joblib.Memory
-        if isinstance(params.get(name), (str, os.PathLike)):
-            params[name] = str(Path(params[name]).expanduser().resolve())
+    if isinstance(params.get("cache_dir"), (str, os.PathLike)):
+        params["cache_dir"] = str(Path(params["cache_dir"]).expanduser().resolve())
+    # The feature cache uses only the Memory's folder: a relative one made absolute.
+    location = getattr(params.get("memory"), "location", params.get("memory"))
+    if isinstance(location, (str, os.PathLike)):
+        params["memory"] = str(Path(location).expanduser().resolve())
     return params
 
 

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from numbers import Integral, Real
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -55,15 +55,13 @@ from threadpoolctl import threadpool_limits
 
 from ._text import counted, listing, user_stacklevel
 
-if TYPE_CHECKING:
-    from typing import Protocol
 
-    class Splitter(Protocol):
-        """What ``cv`` takes besides a number of folds: a scikit-learn splitter."""
+class Splitter(Protocol):
+    """What ``cv`` takes besides a number of folds: a scikit-learn splitter."""
 
-        def split(
-            self, X: ArrayLike, y: ArrayLike | None = ..., groups: ArrayLike | None = ...
-        ) -> Iterator[tuple[np.ndarray, np.ndarray]]: ...
+    def split(
+        self, X: ArrayLike, y: ArrayLike | None = ..., groups: ArrayLike | None = ...
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]: ...
 
 
 __all__ = [

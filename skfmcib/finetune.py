@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from numbers import Integral, Real
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -37,9 +37,6 @@ from . import _training, runtime
 from ._text import counted
 from .patches import as_patches
 from .weights import _check_plain, _first_line, load_encoder, read_checkpoint, save_checkpoint
-
-if TYPE_CHECKING:
-    from typing_extensions import Self
 
 __all__ = ["FMCIBClassifier", "FMCIBSurvivalAnalysis", "cox_ph_loss"]
 
@@ -290,7 +287,7 @@ class _FineTuner(BaseEstimator):
         )
         return np.sort(train), np.sort(valid)
 
-    def fit(self, X: pd.DataFrame | ArrayLike, y: ArrayLike) -> Self:
+    def fit(self, X: pd.DataFrame | ArrayLike, y: ArrayLike) -> _FineTuner:
         """Fine-tune the encoder and the head on lesions.
 
         Parameters
@@ -322,7 +319,8 @@ class _FineTuner(BaseEstimator):
             cache_dir=self.cache_dir,
             random_state=init_seed if self.weights is None else None,
         )
-        _training.own_copy(encoder)  # frozen layers must not follow the file on disk
+        if self.weights is not None:  # a file's tensors: frozen ones must not follow it
+            _training.own_copy(encoder)
         spec = _training.head_spec(self.head, encoder.out_features, n_out)
         network = _training.EncoderWithHead(encoder, _training.build_head(spec, init_seed))
         frozen = _training.freeze_stages(encoder, _training.check_freeze(self.freeze))
@@ -461,7 +459,7 @@ class _FineTuner(BaseEstimator):
         return save_checkpoint(self.encoder_, path, extra=extra)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, **params: Any) -> Self:
+    def load(cls, path: str | os.PathLike, **params: Any) -> _FineTuner:
         """Rebuild a fitted estimator from a file written by :meth:`save`.
 
         Parameters
@@ -522,9 +520,9 @@ class _FineTuner(BaseEstimator):
                 f"{path}: saved with parameters this {cls.__name__} does not have "
                 f"({', '.join(unknown)}): written by another version of skfmcib?"
             )
-        try:
+        try:  # what the file holds; the caller's own parameters are checked after
             spec = dict(extra["head_spec"])
-            est = cls(weights=str(path), head=spec["kind"], **{**saved, **params})
+            est = cls(weights=str(path), head=spec["kind"], **saved)
             est._check_params()
             head = _training.build_head(spec, seed=0)
             head.load_state_dict(extra["head_state_dict"])
@@ -532,6 +530,8 @@ class _FineTuner(BaseEstimator):
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             what = f"no {exc} entry" if isinstance(exc, KeyError) else _first_line(exc)
             raise ValueError(f"{path}: not a usable saved {cls.__name__} ({what})") from exc
+        est.set_params(**params)
+        est._check_params()
         encoder, info = load_encoder(checkpoint.path)
         _training.own_copy(encoder)  # not the file on disk: it may be rewritten
         for p in (*encoder.parameters(), *head.parameters()):

@@ -347,14 +347,15 @@ def _check_gzip_complete(path: Path) -> None:
     # bytes after the data or after the last member are allowed: count the content
     # itself before calling the file truncated.
     try:
-        stored = _gzip_content_bytes(path)
+        stored, failure = _gzip_content_bytes(path)
     except (OSError, zlib.error) as exc:
         raise ImageReadError(
             f"{path}: cannot read image (file is truncated or corrupt: {exc})"
         ) from exc
     if stored < expected:
+        what = f"corrupt: {failure}" if failure else "truncated"
         raise ImageReadError(
-            f"{path}: cannot read image (file is truncated: its gzip stream holds {stored} "
+            f"{path}: cannot read image (file is {what}: its gzip stream holds {stored} "
             f"bytes, the NIfTI header needs {expected}); copy or download it again"
         )
 
@@ -366,14 +367,14 @@ _NIFTI_VOXEL_BYTES = {
 }  # fmt: skip
 
 
-def _gzip_content_bytes(path: Path) -> int:
+def _gzip_content_bytes(path: Path) -> tuple[int, str]:
     """The length of a gzip file's content: its members in turn, as zlib's ``gzread``
     reads them (bytes after a member that do not start another one are ignored).
 
-    A failure in the first member is raised; after it, what was counted is returned:
-    the caller compares it with what the header needs, so content missing from a bad
-    later member is still missing, while trailing bytes that only look like another
-    member do not matter.
+    A failure in the first member is raised; after it, what was counted is returned
+    with the failure (else ""): the caller compares the count with what the header
+    needs, so content missing from a bad later member is still missing, while trailing
+    bytes that only look like another member do not matter.
     """
     total = 0
     with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
@@ -392,14 +393,14 @@ def _gzip_content_bytes(path: Path) -> int:
                             total += len(inflater.decompress(chunk, 1 << 24))
                         while inflater.unconsumed_tail and not inflater.eof:
                             total += len(inflater.decompress(inflater.unconsumed_tail, 1 << 24))
-                except (OSError, zlib.error):
+                except (OSError, zlib.error) as exc:
                     if start == 0:
                         raise
-                    return counted_before
+                    return counted_before, f"the gzip member at byte {start}: {exc}"
                 start = pos - len(inflater.unused_data)
         finally:
             view.release()
-    return total
+    return total, ""
 
 
 def _check_slice_gaps(path: Path, distances: list[float], names: list[str] | None = None) -> None:
@@ -428,7 +429,12 @@ def _check_slice_gaps(path: Path, distances: list[float], names: list[str] | Non
     if names is not None:
         a, b = (Path(names[order[k]]).name for k in (worst, worst + 1))
         between = f"{a} to {b}, {between}"
-    what = "missing slices?" if steps[worst] > step else "an extra or repeated slice?"
+    if steps[worst] >= 1.25 * step:
+        what = "missing slices?"
+    elif steps[worst] <= 0.75 * step:
+        what = "an extra or repeated slice?"
+    else:
+        what = "slices of two spacings?"
     raise ImageReadError(
         f"{path}: the slices are not evenly spaced ({what}): their positions "
         f"step {steps[worst]:.2f} mm ({between}) where slices are {step:.2f} mm "
@@ -1055,7 +1061,10 @@ def _check_meta_compressed(path: Path) -> None:
     result on each read), with only a console message. SimpleITK writes the size."""
     if path.suffix.lower() not in (".mha", ".mhd"):
         return
-    fields, _, _ = _meta_header(path)
+    try:
+        fields, _, _ = _meta_header(path)
+    except OSError as exc:
+        raise ImageReadError(f"{path}: cannot read image header ({exc.strerror or exc})") from exc
     if (
         _meta_flag(fields, "CompressedData", False)
         and "CompressedDataSize" not in fields

@@ -374,6 +374,7 @@ class RadiomicsTransformer(TransformerMixin, BaseEstimator):
         ndarray of shape (n_lesions, 22), float64
         """
         check_is_fitted(self, "n_features_out_")
+        self._check_params()  # set_params after fit: a settings error, not a patch's
         patches = as_patches(X, coordinate_system=self.coordinate_system, on_error=self.on_error)
         out = np.empty((len(patches), self.n_features_out_))
         labels = X.index if isinstance(X, pd.DataFrame) else None

@@ -40,7 +40,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -61,6 +60,7 @@ from sksurv.util import check_y_survival
 from ._text import listing
 from .evaluation import (
     BootstrapCI,
+    Splitter,
     _check_groups,
     _grouped_splits,
     _horizon_undefined,
@@ -77,9 +77,6 @@ from .evaluation import (
     survival_auc,
     uno_c,
 )
-
-if TYPE_CHECKING:
-    from .evaluation import Splitter
 
 __all__ = [
     "MetricSpec",

@@ -9,7 +9,7 @@ import sys
 import threading
 import warnings
 from numbers import Integral
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,9 +32,6 @@ from .patches import (
     resolve_n_jobs,
 )
 from .table import RowError, validate_table
-
-if TYPE_CHECKING:
-    from typing_extensions import Self
 
 __all__ = ["FMCIBTransformer"]
 
@@ -203,7 +200,9 @@ class FMCIBTransformer(TransformerMixin, BaseEstimator):
         if self.progress not in (True, False, "auto"):
             raise ValueError(f"progress must be True, False or 'auto', got {self.progress!r}")
 
-    def fit(self, X: pd.DataFrame | ArrayLike | None = None, y: ArrayLike | None = None) -> Self:
+    def fit(
+        self, X: pd.DataFrame | ArrayLike | None = None, y: ArrayLike | None = None
+    ) -> FMCIBTransformer:
         """Load the encoder; the data are only checked (the encoder is pretrained).
 
         Parameters

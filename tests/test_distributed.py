@@ -76,7 +76,7 @@ def test_dask_run_equals_local_run(client, study, tmp_path):
         scheduler=client.scheduler.address,
     )
     assert (local.n_failed, remote.n_failed) == (1, 1) and remote.n_written == 10
-    np.testing.assert_array_equal(features(local.out), features(remote.out))
+    np.testing.assert_allclose(features(local.out), features(remote.out), rtol=1e-5)
     pd.testing.assert_frame_equal(pd.read_csv(local.errors_path), pd.read_csv(remote.errors_path))
     assert read_provenance(remote.out)["weights_digest"] == local.provenance["weights_digest"]
 
@@ -111,7 +111,7 @@ def test_cli_scheduler_option(client, study, tmp_path):
         tmp_path / "l.csv",
         transformer=FMCIBTransformer(weights=study / "tiny.torch", device="cpu"),
     )
-    np.testing.assert_array_equal(features(out), features(local.out))
+    np.testing.assert_allclose(features(out), features(local.out), rtol=1e-5)
 
 
 def test_grid_search_under_the_dask_joblib_backend(client, study):
@@ -145,7 +145,31 @@ def test_relative_weights_path_is_the_driver_s_file(client, study, tmp_path, mon
     )
     local = extract("seeds.csv", tmp_path / "local.csv", transformer=model)
     assert remote.n_written == 10
-    np.testing.assert_array_equal(features(remote.out), features(local.out))
+    np.testing.assert_allclose(features(remote.out), features(local.out), rtol=1e-5)
+
+
+def test_relative_image_paths_of_a_data_frame_are_the_driver_s(
+    client, study, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(study)
+    table = pd.read_csv("seeds.csv").iloc[:4]  # paths relative to the working folder
+    model = FMCIBTransformer(weights=study / "tiny.torch", device="cpu")
+    remote = extract(table, tmp_path / "dask.csv", transformer=model, scheduler=client)
+    local = extract(table, tmp_path / "local.csv", transformer=model)
+    assert (remote.n_written, remote.n_failed) == (4, 0)
+    np.testing.assert_allclose(features(remote.out), features(local.out), rtol=1e-5)
+
+
+def test_memory_and_registry_names_sent_to_workers(tmp_path, monkeypatch):
+    from joblib import Memory
+
+    from skfmcib.distributed import _absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fmcib").touch()
+    sent = _absolute_paths({"weights": "fmcib", "memory": Memory("rel"), "cache_dir": "c"})
+    assert sent["weights"] == "fmcib"  # a name, even beside a file of that name
+    assert sent["memory"] == str(tmp_path / "rel") and sent["cache_dir"] == str(tmp_path / "c")
 
 
 def test_workers_load_a_replaced_weights_file_again(client, study, tmp_path):
@@ -163,16 +187,24 @@ def test_workers_load_a_replaced_weights_file_again(client, study, tmp_path):
             scheduler=client.scheduler.address,
         )
         local = extract(study / "seeds.csv", tmp_path / f"local{seed}.csv", transformer=model)
-        np.testing.assert_array_equal(features(remote.out), features(local.out))
+        np.testing.assert_allclose(features(remote.out), features(local.out), rtol=1e-5)
     assert not np.allclose(features(tmp_path / "dask1.csv"), features(tmp_path / "dask2.csv"))
 
 
-def test_a_missing_scheduler_file_is_an_error_at_once(study, tmp_path):
+def test_a_scheduler_file_is_waited_for_then_an_error(client, study, tmp_path, monkeypatch):
+    import threading
+
+    from skfmcib import distributed as skdist
     from skfmcib.extract import ExtractError, parts_dir
 
     model = FMCIBTransformer(weights=study / "tiny.torch", device="cpu")
+    # A scheduler started just before the run writes its file a moment later.
+    late = tmp_path / "late.json"
+    threading.Timer(1.0, client.write_scheduler_file, [str(late)]).start()
+    assert extract(study / "seeds.csv", tmp_path / "l.csv", transformer=model, scheduler=late)
+    monkeypatch.setattr(skdist, "_CONNECT_SECONDS", 1)
     out = tmp_path / "f.csv"
-    with pytest.raises(ExtractError, match=r"no Dask scheduler file at .*none\.json"):
+    with pytest.raises(ExtractError, match=r"no Dask scheduler file at .*none\.json after 1 s"):
         extract(study / "seeds.csv", out, transformer=model, scheduler=tmp_path / "none.json")
     # Nothing was started: no parts for --resume or --overwrite to deal with.
     assert not parts_dir(out).exists()

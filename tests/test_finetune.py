@@ -304,6 +304,11 @@ def test_load_restores_the_best_epoch_and_names_a_damaged_file(tmp_path, blobs):
         torch.save(damaged, tmp_path / "damaged.pt")
         with pytest.raises(ValueError, match=rf"damaged\.pt: .*{name}"):
             FMCIBClassifier.load(tmp_path / "damaged.pt")
+    # The caller's own mistakes are the caller's, not the file's.
+    with pytest.raises(ValueError, match="^Invalid parameter 'devcie'"):
+        FMCIBClassifier.load(path, devcie="cpu")
+    with pytest.raises(ValueError, match="^batch_size must be a positive integer"):
+        FMCIBClassifier.load(path, batch_size=0)
 
 
 def test_a_damaged_training_state_is_named(tmp_path, blobs):

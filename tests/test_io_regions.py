@@ -575,6 +575,15 @@ def test_uneven_slice_steps_are_refused_naming_the_files(tmp_path, reader, dz, s
         reader(directory)
 
 
+def test_a_series_of_two_spacings_is_refused_as_such(tmp_path):
+    directory, _ = _series(tmp_path)
+    for k in range(4, 8):  # 2 mm apart up to slice003, 2.6 mm after
+        _move(directory, f"slice{k:03d}.dcm", 0.6 * (k - 3))
+    with pytest.raises(ImageReadError, match=r"\(slices of two spacings\?\): their positions "
+                                         r"step 2\.00 mm"):  # fmt: skip
+        open_image(directory)
+
+
 def test_positions_rounded_in_the_headers_are_one_spacing(tmp_path):
     directory, _ = _series(tmp_path)
     for k, dz in ((2, 0.01), (5, -0.01), (6, 0.005)):  # as written with two decimals
@@ -715,6 +724,15 @@ def test_a_compressed_metaimage_without_its_size_is_refused(tmp_path):
         with pytest.raises(ImageReadError, match=r"ct\.mha: compressed MetaImage without "
                                              r"CompressedDataSize"):  # fmt: skip
             reader(path)
+
+
+def test_a_metaimage_header_that_cannot_be_read_is_an_image_read_error(tmp_path):
+    if not os.path.exists("/proc/self/mem"):
+        pytest.skip("needs /proc/self/mem, a file whose reads fail")
+    (tmp_path / "mem.mha").symlink_to("/proc/self/mem")  # reading it fails (EIO)
+    for reader in (open_image, read_image):
+        with pytest.raises(ImageReadError, match=r"mem\.mha: cannot read image header"):
+            reader(tmp_path / "mem.mha")
 
 
 @pytest.mark.parametrize("length", [65535, 65536, 3 * 65536])

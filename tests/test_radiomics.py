@@ -112,6 +112,8 @@ def test_the_function_checks_its_input_and_settings():
     patches[2] = np.where(R <= 5, 40.0, -1000.0)
     with pytest.raises(ValueError, match=r"^patch 2: patch values span"):
         RadiomicsTransformer().fit().transform(patches)
+    with pytest.raises(ValueError, match=r"^max_radius_mm must be a number"):
+        RadiomicsTransformer().fit().set_params(max_radius_mm=100).transform(patches)
     for name, value in (("max_radius_mm", 40), ("smoothing_mm", -1), ("min_tolerance_hu", -5)):
         with pytest.raises(ValueError, match=name):
             radiomics_features(normalised(np.zeros(R.shape)), **{name: value})

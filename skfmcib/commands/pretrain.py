@@ -154,7 +154,7 @@ def read_seeds(path: str | os.PathLike) -> pd.DataFrame:
     return read_reference_csv(path)
 
 
-def _kept(out: str) -> str:
+def _kept(out: str, restart: bool = False) -> str:
     """What an interrupted run leaves in ``out``, and how to go on."""
     from ..weights import read_checkpoint
 
@@ -163,7 +163,8 @@ def _kept(out: str) -> str:
         done, total = int(state["epoch"]), int(state["run"]["epochs"])
     except Exception:  # noqa: BLE001 - no file, or not a finished epoch's
         return f"no finished epoch saved in {out}"
-    return f"{out} holds epoch {done} of {total}; run the same command again to continue"
+    again = "the command again without --restart" if restart else "the same command again"
+    return f"{out} holds epoch {done} of {total}; run {again} to continue"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -210,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"skfmcib pretrain: error: {message(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"skfmcib pretrain: interrupted; {_kept(args.out)}", file=sys.stderr)
+        print(f"skfmcib pretrain: interrupted; {_kept(args.out, args.restart)}", file=sys.stderr)
         return 130
     if int(os.environ.get("RANK", "0")) == 0:
         print(out)

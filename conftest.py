@@ -1,4 +1,4 @@
-"""pytest settings for the docstring examples (read by pytest only, never imported).
+"""pytest settings for the docstring examples (read by pytest only, not shipped).
 
 Docstring examples write their files under pytest's own temporary folder.
 
