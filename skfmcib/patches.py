@@ -244,6 +244,19 @@ def _interpolate(hu: np.ndarray, plan: _SamplePlan) -> np.ndarray:
     return ndimage.map_coordinates(block, coords, order=1, mode="nearest")
 
 
+def _finite_patch(patch: np.ndarray) -> np.ndarray:
+    """``patch``, or an :class:`ImageReadError` when the voxels it was sampled from hold
+    NaN or infinite values (float NRRD or MetaImage files can): the encoder would turn
+    them into features that are not numbers."""
+    bad = int(np.count_nonzero(~np.isfinite(patch)))
+    if bad:
+        raise ImageReadError(
+            f"the image has NaN or infinite voxels around the seed ({bad} of the patch's "
+            f"{patch.size} samples are not numbers)"
+        )
+    return patch
+
+
 def _sample_normalized(volume: _Voxels, start: np.ndarray) -> np.ndarray:
     """Sample ``volume`` normalised, on the 1 mm LPS grid from ``start``; (z, y, x) output.
 
@@ -303,9 +316,12 @@ def _pass(source, plans: list, failed) -> Iterator[tuple[int, np.ndarray | RowEr
     done = set()
     try:
         for k, hu in source.iter_regions([(plan.lo, plan.hi) for _, _, plan in plans]):
-            pos, _, plan = plans[k]
+            pos, label, plan = plans[k]
             done.add(k)
-            yield pos, _interpolate(hu, plan).astype(np.float32)
+            try:
+                yield pos, _finite_patch(_interpolate(hu, plan).astype(np.float32))
+            except ImageReadError as exc:
+                yield failed(pos, label, exc)
             del hu
     except ImageReadError as exc:
         for k, (pos, label, _) in enumerate(plans):
@@ -351,7 +367,13 @@ def extract_patch(volume: Volume | _Voxels, seed_lps: np.ndarray) -> np.ndarray:
     -------
     ndarray of shape (50, 50, 50), float32
         ``(HU + 1024) / 3072`` sampled at 1 mm around the seed, in SimpleITK array
-        order ``(z, y, x)``; 0.0 (= -1024 HU) outside the scan.
+        order ``(z, y, x)``; 0.0 (= -1024 HU) outside the scan. NaN or infinite
+        voxels of the image are passed on (a lesion table's rows refuse them).
+
+    Raises
+    ------
+    ValueError
+        The seed is not a finite number or lies outside the scan.
 
     Examples
     --------
@@ -364,7 +386,19 @@ def extract_patch(volume: Volume | _Voxels, seed_lps: np.ndarray) -> np.ndarray:
     >>> patch.shape, float(patch[25, 25, 25])
     ((50, 50, 50), 1.0)
     """
-    grid = patch_grid(volume.geometry, seed_lps)
+    seed = np.asarray(seed_lps, dtype=np.float64).reshape(3)
+    problem = (
+        "seed is not a finite number" if not np.isfinite(seed).all() else ""
+    ) or _seed_problem(volume.geometry, seed)
+    if problem:
+        raise ValueError(problem)
+    return _patch_at(volume, seed)
+
+
+def _patch_at(volume: Volume | _Voxels, seed: np.ndarray) -> np.ndarray:
+    """:func:`extract_patch` without its check of the seed: for points known to be
+    finite that may lie outside the scan (QC's mirrored seeds, pretraining's views)."""
+    grid = patch_grid(volume.geometry, seed)
     return _sample_normalized(volume, grid.start).astype(np.float32)
 
 
@@ -516,9 +550,12 @@ def _read_groups(source, groups: list, failed) -> Iterator[tuple[int, np.ndarray
             for pos, label, _ in members:
                 yield failed(pos, label, exc)
             continue
-        for pos, _, plan in members:
+        for pos, label, plan in members:
             hu = reader.read_region(plan.lo, plan.hi)
-            yield pos, _interpolate(hu, plan).astype(np.float32)
+            try:
+                yield pos, _finite_patch(_interpolate(hu, plan).astype(np.float32))
+            except ImageReadError as exc:
+                yield failed(pos, label, exc)
         del reader, hu
         release_free_memory()  # the box's voxels, before the encoder's next batch
 

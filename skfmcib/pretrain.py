@@ -47,7 +47,7 @@ from . import _training, runtime
 from .augment import contrastive_view
 from .encoder import EncoderConfig, ResNet3D
 from .io import ImageReadError, Volume, open_image, read_image
-from .patches import _seed_problem, extract_patch
+from .patches import _patch_at, _seed_problem
 from .table import RowError, row_problem, validate_table
 from .weights import load_encoder, read_checkpoint, save_checkpoint
 
@@ -560,8 +560,8 @@ class SeedPairDataset(Dataset):
         problem = _seed_problem(volume.geometry, self.points[i])
         if problem:
             raise RowError(self.labels[i], self.paths[i], problem)
-        positive = extract_patch(volume, self.points[i])
-        negative = extract_patch(volume, self.negative_point(volume, i))
+        positive = _patch_at(volume, self.points[i])
+        negative = _patch_at(volume, self.negative_point(volume, i))
         return torch.from_numpy(np.stack([positive, negative])[:, None])
 
 

@@ -30,7 +30,7 @@ from numpy.typing import ArrayLike
 
 from ._progress import Progress
 from .io import ImageReadError, Volume, read_image
-from .patches import HU_OFFSET, HU_SCALE, PATCH_SIZE, _sample_plan, extract_patch, patch_grid
+from .patches import HU_OFFSET, HU_SCALE, PATCH_SIZE, _patch_at, _sample_plan, patch_grid
 from .table import row_problem, validate_table
 
 __all__ = ["WINDOWS", "QCSummary", "quality_control", "render_lesion"]
@@ -141,7 +141,7 @@ def _seed_stats(volume: Volume, seed: np.ndarray) -> tuple[float, float]:
     its patch's samples inside the scan (the fill beyond the scan's edge is not air
     around the lesion); 1.0 when none is inside."""
     grid = patch_grid(volume.geometry, seed)
-    hu = extract_patch(volume, seed).astype(np.float64) * HU_SCALE - HU_OFFSET
+    hu = _patch_at(volume, seed).astype(np.float64) * HU_SCALE - HU_OFFSET
     c = PATCH_SIZE // 2
     centre = hu[c - 2 : c + 3, c - 2 : c + 3, c - 2 : c + 3]
     # (x, y, z) index of each sample, samples in the patch's (z, y, x) order.

@@ -351,3 +351,36 @@ def test_check_patch_array_shapes():
     assert check_patch_array(np.zeros((2, 1, 50, 50, 50), np.float64)).dtype == np.float32
     with pytest.raises(ValueError, match=r"got an array of shape \(4, 3\)"):
         check_patch_array(np.zeros((4, 3)))
+
+
+# --- voxels and seeds that are not numbers -----------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".nrrd", ".mha"])
+def test_nan_or_infinite_voxels_around_a_seed_fail_that_row(tmp_path, suffix):
+    hu = np.full((40, 60, 60), 40.0, dtype=np.float32)
+    hu[:, :5] = -1000.0  # air in every slice: a CT
+    hu[30, 50, 50] = np.nan  # near the second seed only (voxel x=50, y=50, z=30)
+    hu[31, 50, 50] = np.inf
+    path = write_image(tmp_path / f"ct{suffix}", hu)
+    table = pd.DataFrame(
+        {"image_path": [str(path)] * 2, "coordX": [10.0, 50.0], "coordY": [10.0, 50.0],
+         "coordZ": [10.0, 30.0]}
+    )  # fmt: skip
+    nan = r"row 1 \(.*ct\.(nrrd|mha)\): the image has NaN or infinite voxels around the seed"
+    with pytest.raises(RowError, match=nan):
+        load_patches(table)
+    with pytest.warns(RowWarning, match="row 1"):
+        patches = load_patches(table, on_error="nan")
+    assert np.isfinite(patches[0]).all() and np.isnan(patches[1]).all()
+
+
+def test_extract_patch_refuses_a_seed_outside_the_scan_or_not_a_number():
+    geom = Geometry((20, 20, 20), np.zeros(3), np.ones(3), np.eye(3))
+    vol = Volume(np.zeros((20, 20, 20), dtype=np.int16), geom)
+    with pytest.raises(
+        ValueError, match=r"seed \(1000000\.00, 0\.00, 0\.00\) LPS mm lies outside"
+    ):
+        extract_patch(vol, [1e6, 0.0, 0.0])
+    with pytest.raises(ValueError, match="seed is not a finite number"):
+        extract_patch(vol, [np.nan, 0.0, 0.0])
