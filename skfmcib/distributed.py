@@ -71,7 +71,8 @@ def worker_transformer(params: Mapping[str, Any]) -> tuple[FMCIBTransformer, thr
     """The fitted transformer for ``params`` in this process, loaded on first use.
 
     A weights file that was replaced or rewritten since (another size, modification
-    time or inode) is loaded again.
+    time or inode) is loaded again. The process keeps the transformer of the latest
+    parameters only, so that the runs a worker serves do not pile up encoders.
 
     Parameters
     ----------
@@ -100,7 +101,10 @@ def worker_transformer(params: Mapping[str, Any]) -> tuple[FMCIBTransformer, thr
     with _CACHE_LOCK:
         entry = _CACHE.get(key)
         if entry is None or entry[0] != identity:
-            _CACHE.pop(key, None)  # the old encoder goes before the new one loads
+            # One encoder per process: runs with other parameters (another batch size,
+            # other weights) would otherwise each keep theirs for the worker's life.
+            # The old one goes before the new one loads; a task still using it keeps it.
+            _CACHE.clear()
             model = FMCIBTransformer(**dict(params)).set_params(on_error="nan", progress=False)
             entry = (identity, model.fit(None), threading.Lock())
             _CACHE[key] = entry

@@ -28,6 +28,7 @@ import pandas as pd
 import SimpleITK as sitk
 from numpy.typing import ArrayLike
 
+from ._files import atomic_write
 from ._progress import Progress
 from .io import ImageReadError, Volume, read_image
 from .patches import HU_OFFSET, HU_SCALE, PATCH_SIZE, _patch_at, _sample_plan, patch_grid
@@ -384,10 +385,12 @@ def render_lesion(
             bbox={"facecolor": "#c0392b", "edgecolor": "none", "pad": 4},
         )
     fig.subplots_adjust(left=0.01, right=0.99, top=0.9, bottom=0.09 if flags else 0.02)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=dpi, facecolor=fig.get_facecolor())
-    os.replace(tmp, path)
+    # Through a temporary file renamed into place, removed if the drawing fails or is
+    # interrupted (and, if the process was killed, by the next run).
+    atomic_write(
+        Path(path),
+        lambda tmp: fig.savefig(tmp, format="png", dpi=dpi, facecolor=fig.get_facecolor()),
+    )
     return {"window": name, "seed_hu": seed_hu, "flag": "; ".join(flags)}
 
 

@@ -665,6 +665,9 @@ def file_digest(path: PathLike) -> str:
         return cached
     digest = _hash_file(resolved, "sha256")
     with _DIGEST_LOCK:
+        # One entry per file: a rewritten file's older states are never asked again.
+        for old in [k for k in _DIGESTS if k[0] == key[0]]:
+            del _DIGESTS[old]
         _DIGESTS[key] = digest
     return digest
 

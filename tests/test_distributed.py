@@ -160,6 +160,18 @@ def test_relative_image_paths_of_a_data_frame_are_the_driver_s(
     np.testing.assert_allclose(features(remote.out), features(local.out), rtol=1e-5)
 
 
+def test_a_worker_keeps_the_encoder_of_its_latest_parameters_only(monkeypatch):
+    from skfmcib import distributed as skdist
+
+    monkeypatch.setattr(skdist, "_CACHE", {})
+    params = {"weights": None, "arch": {"arch": "resnet10", "widen_factor": 0.25},
+              "random_state": 0, "device": "cpu"}  # fmt: skip
+    first, _ = skdist.worker_transformer(params)
+    second, _ = skdist.worker_transformer({**params, "batch_size": 2})
+    assert len(skdist._CACHE) == 1 and second is not first
+    assert skdist.worker_transformer({**params, "batch_size": 2})[0] is second
+
+
 def test_memory_and_registry_names_sent_to_workers(tmp_path, monkeypatch):
     from joblib import Memory
 

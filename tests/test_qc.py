@@ -68,6 +68,14 @@ def test_pictures_flags_and_index(phantom, tmp_path):
     assert pd.read_csv(out / "qc.csv")["flag"].notna().sum() == 2
 
 
+def test_a_picture_that_cannot_be_written_leaves_no_temporary_file(phantom, tmp_path):
+    out = tmp_path / "qc"
+    (out / "row-00000.png").mkdir(parents=True)  # the rename onto it fails
+    with pytest.raises(OSError):
+        qc.quality_control(phantom / "seeds.csv", out)
+    assert sorted(p.name for p in out.iterdir()) == ["row-00000.png"]
+
+
 def test_box_is_the_patch_grid_of_the_seed(monkeypatch, tmp_path):
     calls = []
     real = qc.patch_grid
