@@ -29,6 +29,7 @@ from . import runtime
 from ._files import atomic_write
 from .augment import finetune_augment
 from .encoder import EncoderConfig, ResNet3D
+from .weights import _first_line
 
 STATE_FORMAT = "skfmcib-training-state"
 STATE_VERSION = 1
@@ -177,9 +178,8 @@ def load_state(path: Path) -> dict[str, Any]:
     except (OSError, MemoryError):
         raise
     except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, UnpicklingError, ...
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ValueError(
-            f"{path}: cannot read this training state ({reason}); delete the file, or "
+            f"{path}: cannot read this training state ({_first_line(exc)}); delete the file, or "
             "pass resume=False to train from the start"
         ) from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:

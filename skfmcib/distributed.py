@@ -12,7 +12,8 @@ process's).
 Workers read the images and the checkpoint themselves: the paths in the table and
 ``weights`` must mean the same files on every worker (a shared file system). Relative
 paths are made absolute where the run starts. A worker that finds the weights file
-replaced since it loaded it (another size, modification time or inode) loads it again.
+replaced since it loaded it (another size, modification or status-change time, or
+inode) loads it again.
 
 Needs the optional ``distributed`` package: ``pip install 'skfmcib[dask]'``.
 """
@@ -30,6 +31,7 @@ from typing import Any
 
 import pandas as pd
 
+from ._files import file_state
 from .extract import ChunkResult, ExtractError, encode_chunk
 from .transformer import FMCIBTransformer
 
@@ -57,21 +59,20 @@ def _cache_key(params: Mapping[str, Any]) -> str:
 
 
 def _file_identity(weights: Any) -> tuple | None:
-    """Path, size, modification time and inode of a weights file; None for others."""
+    """A weights file's path and :func:`~skfmcib._files.file_state`; None for others."""
     if not isinstance(weights, (str, os.PathLike)):
         return None
     try:
-        st = os.stat(weights)
+        return (os.path.abspath(weights), *file_state(weights))
     except (OSError, ValueError):
         return None  # a registry name, or a file the load will report as missing
-    return (os.path.abspath(weights), st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 def worker_transformer(params: Mapping[str, Any]) -> tuple[FMCIBTransformer, threading.Lock]:
     """The fitted transformer for ``params`` in this process, loaded on first use.
 
-    A weights file that was replaced or rewritten since (another size, modification
-    time or inode) is loaded again. The process keeps the transformer of the latest
+    A weights file that was replaced or rewritten since (another size, modification or
+    status-change time, or inode) is loaded again. The process keeps the transformer of the latest
     parameters only, so that the runs a worker serves do not pile up encoders.
 
     Parameters

@@ -1240,15 +1240,9 @@ def _run_chunks(
     params = model.get_params()
     # Workers run in folders of their own: relative image paths (a DataFrame's, as
     # given) are made absolute here, where the run starts.
-    work = work.assign(image_path=[_absolute(p) for p in work["image_path"]])
+    work = resolve_paths(work, Path.cwd())
     subs = {i: work.iloc[chunks[i]] for i in todo}
     yield from map_chunks(scheduler, params, subs)
-
-
-def _absolute(path: Any) -> Any:
-    if isinstance(path, str) and path and not os.path.isabs(path):
-        return os.path.abspath(os.path.expanduser(path))
-    return path
 
 
 def _write_errors(

@@ -1055,16 +1055,22 @@ _META_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "
                "MET_UINT": 4, "MET_FLOAT": 4, "MET_DOUBLE": 8}  # fmt: skip
 
 
-def _check_meta_compressed(path: Path) -> None:
+def _check_meta_compressed(path: Path, fields: dict[str, str] | None = None) -> None:
     """Refuse a compressed MetaImage whose voxels follow its header (``LOCAL``) and whose
     header lacks ``CompressedDataSize``: SimpleITK inflates such a file wrongly (another
-    result on each read), with only a console message. SimpleITK writes the size."""
-    if path.suffix.lower() not in (".mha", ".mhd"):
-        return
-    try:
-        fields, _, _ = _meta_header(path)
-    except OSError as exc:
-        raise ImageReadError(f"{path}: cannot read image header ({exc.strerror or exc})") from exc
+    result on each read), with only a console message. SimpleITK writes the size.
+
+    ``fields`` are :func:`_meta_header`'s, where the caller has read them already.
+    """
+    if fields is None:
+        if path.suffix.lower() not in (".mha", ".mhd"):
+            return
+        try:
+            fields, _, _ = _meta_header(path)
+        except OSError as exc:
+            raise ImageReadError(
+                f"{path}: cannot read image header ({exc.strerror or exc})"
+            ) from exc
     if (
         _meta_flag(fields, "CompressedData", False)
         and "CompressedDataSize" not in fields
@@ -1438,7 +1444,6 @@ def open_image(path: str | os.PathLike, series_uid: str | None = None) -> ImageS
     if path.is_dir():
         return _open_dicom_directory(path, series_uid)
     _check_gzip_complete(path)
-    _check_meta_compressed(path)
     source = _nifti_source(path)
     if source is not None:
         return source
@@ -1462,7 +1467,8 @@ def open_image(path: str | os.PathLike, series_uid: str | None = None) -> ImageS
         compressed = path.name.lower().endswith(".gz")
         return _StreamSource(str(path), geometry, io_name, compressed, itk_name)
     elif io_name == "MetaImageIO":
-        fields, header, _ = _meta_header(path)  # read once for the three questions
+        fields, header, _ = _meta_header(path)  # read once for the four questions
+        _check_meta_compressed(path, fields)
         if _meta_flag(fields, "BinaryData", True):  # text voxels: SimpleITK reads boxes wrong
             compressed = path.name.lower().endswith(".gz") or (
                 path.suffix.lower() in (".mha", ".mhd")

@@ -244,17 +244,22 @@ def _interpolate(hu: np.ndarray, plan: _SamplePlan) -> np.ndarray:
     return ndimage.map_coordinates(block, coords, order=1, mode="nearest")
 
 
-def _finite_patch(patch: np.ndarray) -> np.ndarray:
-    """``patch``, or an :class:`ImageReadError` when the voxels it was sampled from hold
-    NaN or infinite values (float NRRD or MetaImage files can): the encoder would turn
-    them into features that are not numbers."""
+def _sampled(pos: int, label, hu: np.ndarray, plan: _SamplePlan, failed) -> tuple:
+    """``(pos, patch)`` of one lesion from its box's voxels ``hu``, or ``failed``'s row
+    error when the voxels hold NaN or infinite values (float NRRD or MetaImage files
+    can): the encoder would turn them into features that are not numbers."""
+    patch = _interpolate(hu, plan).astype(np.float32)
     bad = int(np.count_nonzero(~np.isfinite(patch)))
     if bad:
-        raise ImageReadError(
-            f"the image has NaN or infinite voxels around the seed ({bad} of the patch's "
-            f"{patch.size} samples are not numbers)"
+        return failed(
+            pos,
+            label,
+            ImageReadError(
+                f"the image has NaN or infinite voxels around the seed ({bad} of the "
+                f"patch's {patch.size} samples are not numbers)"
+            ),
         )
-    return patch
+    return pos, patch
 
 
 def _sample_normalized(volume: _Voxels, start: np.ndarray) -> np.ndarray:
@@ -318,10 +323,7 @@ def _pass(source, plans: list, failed) -> Iterator[tuple[int, np.ndarray | RowEr
         for k, hu in source.iter_regions([(plan.lo, plan.hi) for _, _, plan in plans]):
             pos, label, plan = plans[k]
             done.add(k)
-            try:
-                yield pos, _finite_patch(_interpolate(hu, plan).astype(np.float32))
-            except ImageReadError as exc:
-                yield failed(pos, label, exc)
+            yield _sampled(pos, label, hu, plan, failed)
             del hu
     except ImageReadError as exc:
         for k, (pos, label, _) in enumerate(plans):
@@ -552,10 +554,7 @@ def _read_groups(source, groups: list, failed) -> Iterator[tuple[int, np.ndarray
             continue
         for pos, label, plan in members:
             hu = reader.read_region(plan.lo, plan.hi)
-            try:
-                yield pos, _finite_patch(_interpolate(hu, plan).astype(np.float32))
-            except ImageReadError as exc:
-                yield failed(pos, label, exc)
+            yield _sampled(pos, label, hu, plan, failed)
         del reader, hu
         release_free_memory()  # the box's voxels, before the encoder's next batch
 
